@@ -1,0 +1,98 @@
+"""Folding a steering into the model's weights, so a steered model can be served with no hooks.
+
+With `y` the norm output and `f = 1 + λa`, the steered output is `y ⊙ f + λb`:
+- scale: a norm computing `n(x)·w` gets `w' = w·f`; one computing `n(x)·(1 + w)` (Gemma) gets `w' = (1 + w)·f − 1`;
+  a LayerNorm bias `c` becomes `c·f`;
+- shift: into the norm's own bias when it has one (LayerNorm: `c' = c·f + λb`); otherwise into the bias of every
+  Linear that reads `y` (`c' = c + W·λb`), which is exact only when Linears with biases are its sole readers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .core import SCALE, SHIFT
+from .targets import SteeringError, weight_offset
+from .tracing import trace_readers
+
+if TYPE_CHECKING:
+    from .core import Steering
+
+
+@dataclass
+class FoldPlan:
+    """Where each site's shift goes: its own bias, the listed Linear biases, or nowhere (`unfolded`)."""
+
+    into_own_bias: list[str] = field(default_factory=list)
+    into_linears: dict[str, list[str]] = field(default_factory=dict)
+    unfolded: list[str] = field(default_factory=list)
+
+
+def plan_fold(steering: Steering) -> FoldPlan:
+    plan = FoldPlan()
+    if steering.strength == 0.0:
+        return plan
+    needs_readers = []
+    for name, module in steering._modules.items():
+        shift = module._parameters.get(SHIFT)
+        if shift is None or not torch.any(shift.detach() != 0):
+            continue
+        if getattr(module, "bias", None) is not None:
+            plan.into_own_bias.append(name)
+        else:
+            needs_readers.append(name)
+    if needs_readers:
+        modules = dict(steering.model.named_modules())
+        with steering.disabled():
+            readers = trace_readers(steering.model, needs_readers)
+        for name in needs_readers:
+            targets = readers[name].fold_targets(modules)
+            if targets is None:
+                plan.unfolded.append(name)
+            else:
+                plan.into_linears[name] = targets
+    for name, module in steering._modules.items():  # a scale needs a weight to fold into
+        scale = module._parameters.get(SCALE)
+        if scale is not None and torch.any(scale.detach() != 0) and getattr(module, "weight", None) is None:
+            raise SteeringError(f"cannot fold the scale of {name!r}: {type(module).__name__} has no weight")
+    return plan
+
+
+@torch.no_grad()
+def fold_into_weights(steering: Steering, strict: bool) -> list[str]:
+    """Fold the steering at its current λ into the weights; returns the sites whose shift could not be folded."""
+    plan = plan_fold(steering)
+    if strict and plan.unfolded:
+        raise SteeringError(
+            f"cannot fold the shift of {len(plan.unfolded)} site(s) exactly: {', '.join(plan.unfolded)} "
+            "(their outputs are read by something other than Linear layers with biases)"
+        )
+    if steering.strength == 0.0:
+        return []
+    lam = steering.strength
+    modules = dict(steering.model.named_modules())
+    with steering.disabled():  # the weight-offset probe must see the bare norm
+        for name, module in steering._modules.items():
+            _fold_site(name, module, lam, plan, modules)
+    return plan.unfolded
+
+
+@torch.no_grad()
+def _fold_site(name: str, module, lam: float, plan: FoldPlan, modules: dict) -> None:
+    scale, shift = module._parameters.get(SCALE), module._parameters.get(SHIFT)
+    factor = 1 + lam * scale.detach().double() if scale is not None else None
+    if factor is not None and torch.any(factor != 1):
+        offset = weight_offset(module)
+        weight = module.weight
+        weight.copy_(((weight.double() + offset) * factor - offset).to(weight.dtype))
+        if getattr(module, "bias", None) is not None:
+            module.bias.copy_((module.bias.double() * factor).to(module.bias.dtype))
+    if name in plan.into_own_bias:
+        module.bias.add_((lam * shift.detach().double()).to(module.bias.dtype))
+    for linear_name in plan.into_linears.get(name, []):
+        linear = modules[linear_name]
+        delta = linear.weight.double() @ (lam * shift.detach().double().to(linear.weight.device))
+        linear.bias.copy_((linear.bias.double() + delta).to(linear.bias.dtype))

@@ -1,0 +1,162 @@
+"""Saving and loading a steering: `steering.safetensors` (the vectors and sparsity masks) + `steering_config.json`.
+
+No pickle: tensors go through safetensors, everything else through JSON. The JSON records the SHA-256 of the tensor
+file, so a truncated or altered file is refused with a clear message instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..atomic import write_atomic, write_json_atomic
+from .config import SteeringConfig
+from .core import SCALE, SHIFT, validate_strength
+from .targets import Site, SteeringError, is_norm, norm_size
+
+if TYPE_CHECKING:
+    from .core import Steering
+
+WEIGHTS_NAME = "steering.safetensors"
+CONFIG_NAME = "steering_config.json"
+FORMAT = "dso_trl.steering"
+FORMAT_VERSION = 1
+MASK_SUFFIX = ".mask"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_model_info(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    architectures = getattr(config, "architectures", None)
+    return {
+        "name_or_path": getattr(config, "_name_or_path", None) or None,
+        "revision": getattr(config, "_commit_hash", None),
+        "architecture": architectures[0] if architectures else type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+    }
+
+
+def save_steering(steering: Steering, path: str | os.PathLike) -> None:
+    from .. import __version__
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: param.detach().contiguous().cpu() for name, param in steering.named_parameters()}
+    tensors.update({name + MASK_SUFFIX: mask.contiguous().cpu() for name, mask in steering.masks.items()})
+    write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    modules = steering._modules
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dso_trl_version": __version__,
+        "base_model": base_model_info(steering.model),
+        "strength": steering.strength,
+        "config": steering.config.to_dict(),
+        "sites": [
+            {
+                "module": site.name,
+                "size": site.size,
+                "norm_type": site.norm_type,
+                "scale": SCALE in modules[site.name]._parameters,
+                "shift": SHIFT in modules[site.name]._parameters,
+            }
+            for site in steering.sites
+        ],
+        "num_parameters": steering.num_parameters(),
+        "nonzero": steering.nonzero(),
+        "sparsity": {"kept": int(sum(int(m.sum()) for m in steering.masks.values())),
+                     "total": steering.num_parameters()} if steering.masks else None,
+        "tensors_sha256": _sha256(folder / WEIGHTS_NAME),
+    }
+    write_json_atomic(folder / CONFIG_NAME, metadata)
+
+
+def _read_metadata(folder: Path) -> dict:
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: a saved steering folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        metadata = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise SteeringError(f"{config_path} is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise SteeringError(f"{config_path} is not a dso_trl steering config (no \"format\": \"{FORMAT}\")")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise SteeringError(f"{config_path} has format_version {metadata['format_version']}; this dso_trl reads "
+                            f"up to {FORMAT_VERSION}: upgrade dso_trl")
+    if _sha256(weights_path) != metadata.get("tensors_sha256"):
+        raise SteeringError(f"{weights_path} is corrupted or was changed after saving: its SHA-256 does not match "
+                            f"the one recorded in {CONFIG_NAME}")
+    return metadata
+
+
+def _check_sites_fit(model: nn.Module, sites: list[Site], source: str) -> None:
+    modules = dict(model.named_modules())
+    for site in sites:
+        module = modules.get(site.name)
+        if module is None:
+            problem = "does not exist in this model"
+        elif not is_norm(module):
+            problem = f"is a {type(module).__name__} here, not a norm layer"
+        elif norm_size(site.name, module) != site.size:
+            problem = f"has size {norm_size(site.name, module)} here"
+        else:
+            continue
+        raise SteeringError(
+            f"steering from {source} does not fit {type(model).__name__}: module {site.name!r} (size {site.size}, "
+            f"{site.norm_type}) {problem}. Was it trained on another model?"
+        )
+
+
+def load_steering(cls: type[Steering], model: nn.Module, path: str | os.PathLike) -> Steering:
+    folder = Path(path)
+    metadata = _read_metadata(folder)
+    try:
+        sites = [Site(s["module"], int(s["size"]), s["norm_type"]) for s in metadata["sites"]]
+        shift_sites = {s["module"] for s in metadata["sites"] if s["shift"]}
+        config = SteeringConfig.from_dict({**metadata["config"], "target_modules": [site.name for site in sites]})
+        strength = validate_strength(metadata["strength"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise SteeringError(f"{folder / CONFIG_NAME} is malformed: {error!r}") from error
+    _check_sites_fit(model, sites, str(folder))
+    try:
+        tensors = load_file(str(folder / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as error:
+        raise SteeringError(f"cannot read {folder / WEIGHTS_NAME}: {error}") from error
+    steering = cls(model, config, sites, shift_sites)
+    try:
+        expected = dict(steering.named_parameters())
+        masks = {k[: -len(MASK_SUFFIX)]: v for k, v in tensors.items() if k.endswith(MASK_SUFFIX)}
+        values = {k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX)}
+        if set(values) != set(expected) or not set(masks) <= set(expected):
+            missing, extra = sorted(set(expected) - set(values)), sorted(set(values) - set(expected))
+            raise SteeringError(f"{folder / WEIGHTS_NAME} does not match {CONFIG_NAME}: missing {missing[:3]}, "
+                                f"unexpected {extra[:3]}")
+        with torch.no_grad():
+            for name, param in expected.items():
+                if values[name].shape != param.shape:
+                    raise SteeringError(f"{folder / WEIGHTS_NAME}: {name} has shape {tuple(values[name].shape)}, "
+                                        f"expected {tuple(param.shape)}")
+                param.copy_(values[name].to(param.dtype))
+        steering._masks = {name: mask.to(torch.bool).to(expected[name].device) for name, mask in masks.items()}
+        steering.set_strength(strength)
+    except Exception:
+        steering.detach()  # leave the model as it was
+        raise
+    return steering
