@@ -81,14 +81,19 @@ def input_ids() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """A word-level tokenizer trained here on a few sentences (no download), wrapped as a fast HF tokenizer."""
+    """A word-level tokenizer trained here on a few sentences (no download), wrapped as a fast HF tokenizer.
+
+    Filler words make its vocabulary exactly the tiny models' (VOCAB), so every generated id decodes to a word."""
     corpus = [
         "The nurse said that she would help the farmer .",
         "The farmer said that he was tired of the nurse .",
         "Who is the doctor ? A or B ? I don't know .",
     ]
+    words = {w for line in corpus for w in line.split()}
+    corpus.append(" ".join(f"w{i}" for i in range(VOCAB - 4 - len(words))))
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    assert raw.get_vocab_size() == VOCAB
     return tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                       unk_token="<unk>")

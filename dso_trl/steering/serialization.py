@@ -124,9 +124,7 @@ def _check_sites_fit(model: nn.Module, sites: list[Site], source: str) -> None:
         )
 
 
-def load_steering(cls: type[Steering], model: nn.Module, path: str | os.PathLike) -> Steering:
-    folder = Path(path)
-    metadata = _read_metadata(folder)
+def _read_sites(folder: Path, metadata: dict) -> tuple[list[Site], set[str], SteeringConfig, float]:
     try:
         sites = [Site(s["module"], int(s["size"]), s["norm_type"]) for s in metadata["sites"]]
         shift_sites = {s["module"] for s in metadata["sites"] if s["shift"]}
@@ -134,29 +132,57 @@ def load_steering(cls: type[Steering], model: nn.Module, path: str | os.PathLike
         strength = validate_strength(metadata["strength"])
     except (KeyError, TypeError, ValueError) as error:
         raise SteeringError(f"{folder / CONFIG_NAME} is malformed: {error!r}") from error
+    return sites, shift_sites, config, strength
+
+
+def load_steering(cls: type[Steering], model: nn.Module, path: str | os.PathLike) -> Steering:
+    folder = Path(path)
+    metadata = _read_metadata(folder)
+    sites, shift_sites, config, strength = _read_sites(folder, metadata)
     _check_sites_fit(model, sites, str(folder))
-    try:
-        tensors = load_file(str(folder / WEIGHTS_NAME))
-    except (SafetensorError, OSError) as error:
-        raise SteeringError(f"cannot read {folder / WEIGHTS_NAME}: {error}") from error
+    tensors = _read_tensors(folder)
     steering = cls(model, config, sites, shift_sites)
     try:
-        expected = dict(steering.named_parameters())
-        masks = {k[: -len(MASK_SUFFIX)]: v for k, v in tensors.items() if k.endswith(MASK_SUFFIX)}
-        values = {k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX)}
-        if set(values) != set(expected) or not set(masks) <= set(expected):
-            missing, extra = sorted(set(expected) - set(values)), sorted(set(values) - set(expected))
-            raise SteeringError(f"{folder / WEIGHTS_NAME} does not match {CONFIG_NAME}: missing {missing[:3]}, "
-                                f"unexpected {extra[:3]}")
-        with torch.no_grad():
-            for name, param in expected.items():
-                if values[name].shape != param.shape:
-                    raise SteeringError(f"{folder / WEIGHTS_NAME}: {name} has shape {tuple(values[name].shape)}, "
-                                        f"expected {tuple(param.shape)}")
-                param.copy_(values[name].to(param.dtype))
-        steering._masks = {name: mask.to(torch.bool).to(expected[name].device) for name, mask in masks.items()}
+        _copy_tensors(steering, tensors, folder)
         steering.set_strength(strength)
     except Exception:
         steering.detach()  # leave the model as it was
         raise
     return steering
+
+
+def load_values(steering: Steering, path: str | os.PathLike) -> None:
+    """Copy the vectors and masks saved in `path` into an attached steering with the same sites (resuming training);
+    its strength is left as it is."""
+    folder = Path(path)
+    sites, _, _, _ = _read_sites(folder, _read_metadata(folder))
+    if sites != steering.sites:
+        first = next((a for a, b in zip(sites, steering.sites) if a != b), None)
+        raise SteeringError(f"the steering in {folder} has other sites than the one being trained "
+                            f"(first difference: {first or f'{len(sites)} vs {len(steering.sites)} sites'})")
+    _copy_tensors(steering, _read_tensors(folder), folder)
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(folder / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as error:
+        raise SteeringError(f"cannot read {folder / WEIGHTS_NAME}: {error}") from error
+
+
+def _copy_tensors(steering: Steering, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    expected = dict(steering.named_parameters())
+    masks = {k[: -len(MASK_SUFFIX)]: v for k, v in tensors.items() if k.endswith(MASK_SUFFIX)}
+    values = {k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX)}
+    if set(values) != set(expected) or not set(masks) <= set(expected):
+        missing, extra = sorted(set(expected) - set(values)), sorted(set(values) - set(expected))
+        raise SteeringError(f"{folder / WEIGHTS_NAME} does not match {CONFIG_NAME}: missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}")
+    for name, param in expected.items():
+        if values[name].shape != param.shape:
+            raise SteeringError(f"{folder / WEIGHTS_NAME}: {name} has shape {tuple(values[name].shape)}, "
+                                f"expected {tuple(param.shape)}")
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(values[name].to(param.dtype))
+    steering._masks = {name: mask.to(torch.bool).to(expected[name].device) for name, mask in masks.items()}

@@ -1,0 +1,94 @@
+"""The paper's fairness reward: punish the answer that agrees with the occupation's current dominant stereotype."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .common import Parser, completion_text, default_parser, require_columns, rows_from_columns, stereotype_label
+
+COLUMNS = ("ambiguous", "occupation", "options", "stereotype_option")
+
+
+class GenderParityReward:
+    """DSO's per-sample fairness reward, a TRL reward callable `(prompts, completions, **columns) -> list[float | None]`.
+
+    On an ambiguous row about occupation o, the answer's label is `pro` (it picks the stereotype-consistent option) or
+    `anti`. With S*(o) the label the policy currently produces most often for o, the reward is −1 when the label is
+    S*(o) and +1 otherwise, which pushes every occupation towards a 50/50 split (at exactly 50/50 there is no dominant
+    label and the reward is 0). Unambiguous rows and rows without a stereotype get `None` (not judged), so this
+    combines with [`UnambiguousAccuracyReward`] through TRL's `reward_weights`.
+
+    How S*(o) is estimated, on-policy: pro/anti counts of o in the current batch are added to a running count that
+    decays by `momentum` at every call; S*(o) is the majority of the combined counts. With `momentum=0` only the current
+    batch counts (the paper's "current" policy); the running part steadies the estimate for occupations with few
+    samples in a batch. "Don't know" and unparseable answers get `dont_know_reward` / `unparseable_reward` and are
+    counted in the logged figures.
+
+    Logged (via TRL's `log_metric`): `parity/pro_fraction` (share of pro among pro+anti answers in the batch),
+    `parity/batch_bias` (mean over the batch's occupations of |P(pro) − P(anti)|, in points), `parity/dont_know_rate`,
+    `parity/unparseable_rate`.
+    """
+
+    __name__ = "gender_parity"
+
+    def __init__(self, parser: Parser | None = None, dont_know_reward: float = 0.0, unparseable_reward: float = 0.0,
+                 momentum: float = 0.0):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.parser = parser or default_parser()
+        self.dont_know_reward, self.unparseable_reward, self.momentum = dont_know_reward, unparseable_reward, momentum
+        self.running: dict[str, Counter] = {}
+
+    def dominant(self, occupation: str) -> str | None:
+        counts = self.running.get(occupation, Counter())
+        if counts["pro"] == counts["anti"]:
+            return None
+        return "pro" if counts["pro"] > counts["anti"] else "anti"
+
+    def __call__(self, prompts, completions, log_metric=None, **columns) -> list[float | None]:
+        rows = rows_from_columns(len(completions), columns)
+        labels: list[str | None] = []
+        for completion, row in zip(completions, rows):
+            require_columns(row, COLUMNS, "GenderParityReward")
+            if not row["ambiguous"]:
+                labels.append(None)
+                continue
+            labels.append(stereotype_label(self.parser(completion_text(completion), row), row))
+
+        batch: dict[str, Counter] = {}
+        for label, row in zip(labels, rows):
+            if label in ("pro", "anti"):
+                batch.setdefault(row["occupation"], Counter())[label] += 1
+        for counts in self.running.values():
+            for key in counts:
+                counts[key] *= self.momentum
+        for occupation, counts in batch.items():
+            self.running.setdefault(occupation, Counter()).update(counts)
+
+        rewards: list[float | None] = []
+        for label, row in zip(labels, rows):
+            if label is None or label == "other":
+                rewards.append(None)
+            elif label == "dont_know":
+                rewards.append(self.dont_know_reward)
+            elif label == "unparseable":
+                rewards.append(self.unparseable_reward)
+            else:
+                dominant = self.dominant(row["occupation"])
+                rewards.append(0.0 if dominant is None else (-1.0 if label == dominant else 1.0))
+        if log_metric is not None:
+            self._log(labels, batch, log_metric)
+        return rewards
+
+    @staticmethod
+    def _log(labels, batch: dict[str, Counter], log_metric) -> None:
+        judged = [label for label in labels if label is not None]
+        if not judged:
+            return
+        pro, anti = sum(c["pro"] for c in batch.values()), sum(c["anti"] for c in batch.values())
+        if pro + anti:
+            log_metric("parity/pro_fraction", pro / (pro + anti))
+            log_metric("parity/batch_bias", 100 * sum(abs(c["pro"] - c["anti"]) / (c["pro"] + c["anti"])
+                                                      for c in batch.values()) / len(batch))
+        log_metric("parity/dont_know_rate", judged.count("dont_know") / len(judged))
+        log_metric("parity/unparseable_rate", judged.count("unparseable") / len(judged))

@@ -1,0 +1,90 @@
+"""`DSOConfig`: TRL's `GRPOConfig` plus the steering, sparsity and strength options of DSO."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from ..steering import SteeringConfig, validate_strength
+
+
+@dataclass
+class DSOConfig(GRPOConfig):
+    r"""Configuration of the [`DSOTrainer`]: every [`~trl.GRPOConfig`] option, plus the ones below.
+
+    The steering options are flat (`steering_*`) so that `TrlParser`, the command line and YAML configs set them like
+    any other option; `steering_config()` turns them into a [`SteeringConfig`].
+
+    Defaults that differ from `GRPOConfig`: `learning_rate` is 1e-2 (the steering vectors start at zero and are
+    tiny, unlike full-model weights).
+    """
+
+    learning_rate: float = field(
+        default=1e-2,
+        metadata={"help": "Initial learning rate of the steering vectors (AdamW by default)."},
+    )
+
+    # ---- steering (see SteeringConfig for the full meaning of each)
+    steering_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Regular expression (full match) of the modules to steer; default: every LayerNorm/RMSNorm "
+                  "of the language backbone, final norm included."},
+    )
+    steering_exclude_modules: str | None = field(
+        default=SteeringConfig.exclude_modules,
+        metadata={"help": "Regular expression of norms that auto-detection skips (default: per-head q/k norms)."},
+    )
+    steering_include_vision: bool = field(
+        default=False,
+        metadata={"help": "Also steer the norms of a VLM's vision tower (the paper steers the language backbone)."},
+    )
+    steering_use_scale: bool = field(default=True, metadata={"help": "Learn the multiplicative vector `a`."})
+    steering_use_shift: bool = field(default=True, metadata={"help": "Learn the additive vector `b`."})
+    steering_shift_sites: str = field(
+        default="all",
+        metadata={"help": "`all`, or `foldable`: learn `b` only where it folds exactly into the weights.",
+                  "choices": ["all", "foldable"]},
+    )
+    steering_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the steering parameters, whatever the model dtype.", "choices": ["float32", "float64"]},
+    )
+    train_strength: float = field(
+        default=1.0,
+        metadata={"help": "Steering strength λ used while training (the paper trains at 1 and lowers λ at inference)."},
+    )
+
+    # ---- sparsity
+    l1_coef: float = field(
+        default=0.0,
+        metadata={"help": "Coefficient α of the ℓ1 penalty α·(‖a‖₁ + ‖b‖₁) added to the loss (scaled for gradient "
+                  "accumulation like the GRPO loss)."},
+    )
+    l1_proximal: bool = field(
+        default=False,
+        metadata={"help": "Apply the ℓ1 penalty as a proximal (soft-threshold) step after each optimizer step, "
+                  "`θ ← sign(θ)·max(|θ| − lr·α, 0)`, instead of adding it to the loss: gives exact zeros. Exact "
+                  "proximal gradient for SGD; a common heuristic for Adam-type optimizers."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_strength(self.train_strength)
+        if self.train_strength == 0.0:
+            raise ValueError("train_strength must be > 0: at λ = 0 the steering has no effect and receives no gradient")
+        if self.l1_coef < 0:
+            raise ValueError(f"l1_coef must be >= 0, got {self.l1_coef}")
+        self.steering_config()  # validate the steering options now, not at trainer construction
+
+    def steering_config(self) -> SteeringConfig:
+        return SteeringConfig(
+            target_modules=self.steering_target_modules,
+            exclude_modules=self.steering_exclude_modules,
+            include_vision=self.steering_include_vision,
+            use_scale=self.steering_use_scale,
+            use_shift=self.steering_use_shift,
+            shift_sites=self.steering_shift_sites,
+            dtype=self.steering_dtype,
+            freeze_base=True,
+        )

@@ -1,0 +1,228 @@
+"""`DSOTrainer`: TRL's GRPO (REINFORCE with PPO clipping) training only a DSO steering on a frozen model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import create_model_from_path
+
+from ..atomic import write_json_atomic
+from ..steering import Steering, SteeringError
+from ..steering.serialization import load_values
+from .checkpoint import (
+    OPTIMIZER,
+    SCHEDULER,
+    load_tree,
+    optimizer_state,
+    restore_optimizer_state,
+    restore_rng_state,
+    rng_state,
+    save_tree,
+)
+from .config import DSOConfig
+
+TRAINING_ARGS_JSON = "training_args.json"
+
+
+class _SteeringDisabledPolicy(nn.Module):
+    """The policy with its steering off: DSO's reference model (the base model) without a second copy of the weights."""
+
+    def __init__(self, policy: nn.Module, steering: Steering):
+        super().__init__()
+        self.__dict__["policy"] = policy  # not a submodule: its parameters must not be registered twice
+        self.__dict__["steering"] = steering
+
+    def forward(self, *args, **kwargs):
+        with self.steering.disabled():
+            return self.policy(*args, **kwargs)
+
+
+class _SparsityCallback(TrainerCallback):
+    """After each optimizer step: the proximal ℓ1 step (if asked) and re-applying `sparsify` masks (if any)."""
+
+    def __init__(self, trainer: DSOTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._after_optimizer_step()
+
+
+class DSOTrainer(GRPOTrainer):
+    """Direct Steering Optimization with TRL's [`~trl.GRPOTrainer`].
+
+    The model (a causal LM or VLM, as an instance or a path/id) is frozen and a [`Steering`] is attached to its norm
+    layers; GRPO's policy-gradient loss (plus an optional ℓ1 penalty) trains only the steering vectors. Reward
+    functions are ordinary TRL reward callables, e.g. [`dso_trl.rewards.GenderParityReward`].
+
+    Differences from `GRPOTrainer`:
+    - with `beta > 0` the reference policy is the same model with the steering disabled (no second copy, works for
+      in-memory models);
+    - checkpoints and `save_model` hold only the steering (`steering.safetensors` + `steering_config.json`, loadable by
+      `Steering.from_pretrained`), the processing class and the trainer state, all as safetensors + JSON;
+    - `use_vllm=True` is refused: vLLM would sample from the unsteered weights.
+
+    Args:
+        model: model id/path or a `PreTrainedModel`; it may already carry a `steering` (pass it) to continue training.
+        reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes, callbacks,
+        optimizers: as for `GRPOTrainer`.
+        steering: an already attached steering to train instead of attaching a fresh one.
+    """
+
+    _tag_names = ["trl", "grpo", "dso"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs,
+        args: DSOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        steering: Steering | None = None,
+        **kwargs,
+    ):
+        if kwargs.get("peft_config") is not None:
+            raise ValueError("DSOTrainer trains a DSO steering, not a PEFT adapter: drop `peft_config`")
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = DSOConfig(f"{str(name).rstrip('/').split('/')[-1]}-DSO")
+        if not isinstance(args, DSOConfig):
+            raise TypeError(f"args must be a DSOConfig, got {type(args).__name__}")
+        if args.use_vllm:
+            raise ValueError(
+                "use_vllm=True is not supported by DSOTrainer: vLLM never runs the steering hooks, so it would sample "
+                "from the unsteered model. Use transformers generation (use_vllm=False)."
+            )
+        if isinstance(model, str):
+            model_init_kwargs = dict(args.model_init_kwargs or {})
+            if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
+                model_init_kwargs["device_map"] = None
+            model = create_model_from_path(model, **model_init_kwargs)
+        if steering is None:
+            steering = Steering.attach(model, args.steering_config())
+        elif steering.model is not model:
+            raise ValueError("`steering` is attached to a different model than `model`")
+        steering.set_strength(args.train_strength)
+        self.steering = steering
+
+        beta = args.beta
+        args.beta = 0.0  # keep GRPOTrainer from loading a second copy of the model as reference
+        try:
+            super().__init__(
+                model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
+                eval_dataset=eval_dataset, processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes, callbacks=callbacks, optimizers=optimizers,
+                **kwargs,
+            )
+        finally:
+            args.beta = beta
+        self.beta = beta
+        if beta != 0.0:
+            self.ref_model = _SteeringDisabledPolicy(model, steering)
+        self.add_callback(_SparsityCallback(self))
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        params = list(self.steering.parameters())
+        l1 = sum(p.abs().sum() for p in params)
+        if self.args.l1_coef > 0 and not self.args.l1_proximal:
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + self.args.l1_coef * l1 / normalizer
+        numel = sum(p.numel() for p in params)
+        self._metrics[mode]["dso/l1"].append(float(l1.detach()))
+        self._metrics[mode]["dso/nonzero_fraction"].append(sum(int(torch.count_nonzero(p.detach())) for p in params) / numel)
+        self._metrics[mode]["dso/strength"].append(self.steering.strength)
+        return loss
+
+    @torch.no_grad()
+    def _after_optimizer_step(self) -> None:
+        masks = self.steering.masks
+        threshold = self.args.l1_coef * self._get_learning_rate() if self.args.l1_proximal else 0.0
+        for name, param in self.steering.named_parameters():
+            if threshold > 0:
+                param.copy_(param.sign() * (param.abs() - threshold).clamp_min(0))
+            if name in masks:
+                param.mul_(masks[name])
+
+    # ------------------------------------------------------------------ saving: the steering only, no pickle
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        with self._gathered_steering():
+            if self.args.should_save:
+                self.steering.save_pretrained(output_dir)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+                write_json_atomic(Path(output_dir) / TRAINING_ARGS_JSON, json.loads(self.args.to_json_string()))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _gathered_steering(self):
+        """On DeepSpeed ZeRO-3 the steering vectors are partitioned: gather them (on every rank) while saving."""
+        import contextlib
+
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.steering.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            folder = Path(output_dir)
+            save_tree(folder, OPTIMIZER, optimizer_state(self.optimizer.state_dict()))
+            write_json_atomic(folder / SCHEDULER, self.lr_scheduler.state_dict())
+
+    def _save_scaler(self, output_dir: str) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and self.args.should_save:
+            save_tree(Path(output_dir), "scaler", scaler.state_dict())
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        os.makedirs(output_dir, exist_ok=True)
+        save_tree(Path(output_dir), f"rng_state_{self.args.process_index}", rng_state())
+
+    # ------------------------------------------------------------------ resuming
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        try:
+            load_values(self.steering, resume_from_checkpoint)
+        except (FileNotFoundError, SteeringError) as error:
+            raise ValueError(f"cannot resume from {resume_from_checkpoint}: {error}") from error
+
+    def _load_best_model(self) -> None:
+        load_values(self.steering, self.state.best_model_checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        folder = Path(checkpoint)
+        optimizer = load_tree(folder, OPTIMIZER)
+        if optimizer is not None:
+            self.optimizer.load_state_dict(restore_optimizer_state(optimizer))
+        if (folder / SCHEDULER).is_file():
+            self.lr_scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text()))
+        scaler = load_tree(folder, "scaler")
+        if scaler is not None and getattr(self.accelerator, "scaler", None) is not None:
+            self.accelerator.scaler.load_state_dict(scaler)
+        if self.use_adaptive_entropy and (folder / "entropy_ctrl_state.json").is_file():
+            state = json.loads((folder / "entropy_ctrl_state.json").read_text())
+            self.entropy_coef, self._last_world_entropy = state["entropy_coef"], state["last_world_entropy"]
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None:
+            return
+        state = load_tree(Path(checkpoint), f"rng_state_{self.args.process_index}")
+        if state is not None:
+            restore_rng_state(state)
