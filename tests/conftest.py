@@ -6,11 +6,20 @@ import pytest
 import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers.processing_utils import ProcessorMixin
 
 VOCAB = 160
 TEXT = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MROPE = {"type": "mrope", "mrope_section": [1, 1, 2]}
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+VISION_TOKENS = SPECIAL_TOKENS + ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} </s> {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
 
 
 def _config(family: str):
@@ -23,7 +32,8 @@ def _config(family: str):
     if family == "gpt2":
         return tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=64, bos_token_id=1,
                              eos_token_id=2, pad_token_id=0)
-    ids = dict(image_token_id=VOCAB - 3, video_token_id=VOCAB - 4, vision_start_token_id=VOCAB - 5)
+    ids = dict(image_token_id=VISION_TOKENS.index("<|image_pad|>"), video_token_id=VISION_TOKENS.index("<|video_pad|>"),
+               vision_start_token_id=VISION_TOKENS.index("<|vision_start|>"))
     if family == "qwen2_vl":
         return tf.Qwen2VLConfig(
             text_config={**TEXT, "rope_scaling": MROPE},
@@ -79,21 +89,45 @@ def input_ids() -> torch.Tensor:
     return torch.tensor([[1, 5, 9, 14, 27, 33, 40, 3], [1, 7, 7, 8, 90, 101, 11, 12]])
 
 
-@pytest.fixture(scope="session")
-def tokenizer():
-    """A word-level tokenizer trained here on a few sentences (no download), wrapped as a fast HF tokenizer.
-
-    Filler words make its vocabulary exactly the tiny models' (VOCAB), so every generated id decodes to a word."""
+def train_tokenizer(special_tokens: list[str]) -> tf.PreTrainedTokenizerFast:
+    """A word-level tokenizer trained here on a few sentences (no download), wrapped as a fast HF tokenizer, with a
+    small chat template. Filler words make its vocabulary exactly the tiny models' (VOCAB), so every generated id
+    decodes to a word."""
     corpus = [
         "The nurse said that she would help the farmer .",
         "The farmer said that he was tired of the nurse .",
-        "Who is the doctor ? A or B ? I don't know .",
+        "Who is the doctor ? A or B ? I don't know . Which person is the nurse ? Answer left or right .",
+        "user assistant :",
     ]
     words = {w for line in corpus for w in line.split()}
-    corpus.append(" ".join(f"w{i}" for i in range(VOCAB - 4 - len(words))))
+    corpus.append(" ".join(f"w{i}" for i in range(VOCAB - len(special_tokens) - len(words))))
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=special_tokens))
     assert raw.get_vocab_size() == VOCAB
-    return tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                      unk_token="<unk>")
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                           unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer(SPECIAL_TOKENS)
+
+
+class ImageOnlyQwen2_5_VLProcessor(tf.Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without its video processor, which needs torchvision (not installed on CPU)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+@pytest.fixture(scope="session")
+def vlm_processor():
+    """A Qwen2.5-VL processor over the local tokenizer; images are resized to at most 56×56 pixels (8 patches)."""
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, train_tokenizer(VISION_TOKENS), chat_template=CHAT_TEMPLATE)

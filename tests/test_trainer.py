@@ -165,3 +165,29 @@ def test_rewards_work_in_a_plain_grpo_trainer(tmp_path, tokenizer):
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"rewards/gender_parity/mean", "parity/pro_fraction"} <= logged
+
+
+def vision_rows(n_repeat: int = 2) -> Dataset:
+    from PIL import Image
+
+    rows = []
+    for i, (occupation, stereotype) in enumerate([("doctor", 0), ("nurse", 1)]):
+        image = Image.new("RGB", (56, 28), (40 + 100 * i, 90, 200 - 100 * i))
+        prompt = [{"role": "user", "content": [{"type": "image"},
+                                               {"type": "text", "text": f"Which person is the {occupation} ?"}]}]
+        rows.append(dict(prompt=prompt, image=image, task="occupation_pairs", occupation=occupation, ambiguous=True,
+                         options=["left", "right"], option_completions=["left", "right"], answer_option=-1,
+                         stereotype_option=stereotype, dont_know_option=-1))
+    return Dataset.from_list(rows * n_repeat)
+
+
+def test_vlm_with_an_image_column(tmp_path, vlm_processor):
+    model = make_model("qwen2_5_vl")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = DSOTrainer(model, rewards(), args=make_args(tmp_path, max_steps=3, max_completion_length=2),
+                         train_dataset=vision_rows(), processing_class=vlm_processor)
+    assert all(".visual." not in site.name for site in trainer.steering.sites)
+    trainer.train()
+    for name, param in trainer.steering.named_parameters():
+        assert torch.count_nonzero(param) == param.numel(), f"{name} did not change everywhere"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
