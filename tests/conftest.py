@@ -8,6 +8,10 @@ import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers.processing_utils import ProcessorMixin
 
+# Tiny models gain nothing from intra-op threads, and OpenMP threads spinning against another busy process (the
+# 2-process DDP test, a parallel job) can slow a test twenty-fold: one thread keeps timings steady.
+torch.set_num_threads(1)
+
 VOCAB = 160
 TEXT = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)

@@ -12,7 +12,8 @@ class UnambiguousAccuracyReward:
 
     A TRL reward callable `(prompts, completions, **columns) -> list[float | None]`. "Don't know" counts as wrong on an
     unambiguous row (the answer is determined); unparseable answers get `unparseable_reward` (default −1).
-    Logged: `accuracy/unambiguous` (share correct in the batch).
+    Logged: `accuracy/unambiguous` (share correct in the batch, weighted by `completion_weights` when given, as the
+    exact estimator does).
     """
 
     __name__ = "unambiguous_accuracy"
@@ -21,11 +22,12 @@ class UnambiguousAccuracyReward:
         self.parser = parser or default_parser()
         self.unparseable_reward = unparseable_reward
 
-    def __call__(self, prompts, completions, log_metric=None, **columns) -> list[float | None]:
+    def __call__(self, prompts, completions, log_metric=None, completion_weights=None, **columns) -> list[float | None]:
         rows = rows_from_columns(len(completions), columns)
+        weights = [float(w) for w in completion_weights] if completion_weights is not None else [1.0] * len(rows)
         rewards: list[float | None] = []
-        correct = judged = 0
-        for completion, row in zip(completions, rows):
+        correct = judged = 0.0
+        for completion, row, weight in zip(completions, rows, weights):
             require_columns(row, COLUMNS, "UnambiguousAccuracyReward")
             if row["ambiguous"]:
                 rewards.append(None)
@@ -33,11 +35,11 @@ class UnambiguousAccuracyReward:
             if row["answer_option"] < 0:
                 raise ValueError(f"unambiguous row without a gold answer (answer_option={row['answer_option']}): {row}")
             choice = self.parser(completion_text(completion), row)
-            judged += 1
+            judged += weight
             if choice is None:
                 rewards.append(self.unparseable_reward)
             else:
-                correct += choice == row["answer_option"]
+                correct += weight * (choice == row["answer_option"])
                 rewards.append(1.0 if choice == row["answer_option"] else -1.0)
         if log_metric is not None and judged:
             log_metric("accuracy/unambiguous", correct / judged)

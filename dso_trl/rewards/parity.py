@@ -22,7 +22,9 @@ class GenderParityReward:
     decays by `momentum` at every call; S*(o) is the majority of the combined counts. With `momentum=0` only the current
     batch counts (the paper's "current" policy); the running part steadies the estimate for occupations with few
     samples in a batch. "Don't know" and unparseable answers get `dont_know_reward` / `unparseable_reward` and are
-    counted in the logged figures.
+    counted in the logged figures. An optional `completion_weights` column weighs each completion in these counts: the
+    exact estimator (`DSOConfig(estimator="exact")`) passes every option once, weighted by its probability under the
+    policy, so the counts are the policy's expected answer counts.
 
     Logged (via TRL's `log_metric`): `parity/pro_fraction` (share of pro among pro+anti answers in the batch),
     `parity/batch_bias` (mean over the batch's occupations of |P(pro) − P(anti)|, in points), `parity/dont_know_rate`,
@@ -45,8 +47,9 @@ class GenderParityReward:
             return None
         return "pro" if counts["pro"] > counts["anti"] else "anti"
 
-    def __call__(self, prompts, completions, log_metric=None, **columns) -> list[float | None]:
+    def __call__(self, prompts, completions, log_metric=None, completion_weights=None, **columns) -> list[float | None]:
         rows = rows_from_columns(len(completions), columns)
+        weights = [float(w) for w in completion_weights] if completion_weights is not None else [1.0] * len(rows)
         labels: list[str | None] = []
         for completion, row in zip(completions, rows):
             require_columns(row, COLUMNS, "GenderParityReward")
@@ -56,9 +59,9 @@ class GenderParityReward:
             labels.append(stereotype_label(self.parser(completion_text(completion), row), row))
 
         batch: dict[str, Counter] = {}
-        for label, row in zip(labels, rows):
+        for label, row, weight in zip(labels, rows, weights):
             if label in ("pro", "anti"):
-                batch.setdefault(row["occupation"], Counter())[label] += 1
+                batch.setdefault(row["occupation"], Counter())[label] += weight
         for counts in self.running.values():
             for key in counts:
                 counts[key] *= self.momentum
@@ -77,18 +80,22 @@ class GenderParityReward:
                 dominant = self.dominant(row["occupation"])
                 rewards.append(0.0 if dominant is None else (-1.0 if label == dominant else 1.0))
         if log_metric is not None:
-            self._log(labels, batch, log_metric)
+            self._log(labels, weights, batch, log_metric)
         return rewards
 
     @staticmethod
-    def _log(labels, batch: dict[str, Counter], log_metric) -> None:
-        judged = [label for label in labels if label is not None]
-        if not judged:
+    def _log(labels, weights, batch: dict[str, Counter], log_metric) -> None:
+        judged = Counter()
+        for label, weight in zip(labels, weights):
+            if label is not None:
+                judged[label] += weight
+        total = sum(judged.values())
+        if not total:
             return
         pro, anti = sum(c["pro"] for c in batch.values()), sum(c["anti"] for c in batch.values())
         if pro + anti:
             log_metric("parity/pro_fraction", pro / (pro + anti))
             log_metric("parity/batch_bias", 100 * sum(abs(c["pro"] - c["anti"]) / (c["pro"] + c["anti"])
                                                       for c in batch.values()) / len(batch))
-        log_metric("parity/dont_know_rate", judged.count("dont_know") / len(judged))
-        log_metric("parity/unparseable_rate", judged.count("unparseable") / len(judged))
+        log_metric("parity/dont_know_rate", judged["dont_know"] / total)
+        log_metric("parity/unparseable_rate", judged["unparseable"] / total)

@@ -55,6 +55,18 @@ class DSOConfig(GRPOConfig):
         metadata={"help": "Steering strength λ used while training (the paper trains at 1 and lowers λ at inference)."},
     )
 
+    estimator: str = field(
+        default="sampled",
+        metadata={
+            "help": "`sampled`: GRPO on sampled completions (the paper's method; any task). `exact`: for closed-choice "
+            "rows (an `option_completions` column, see docs/SCHEMA.md), score every option's log-probability in one "
+            "forward pass and maximise the exact expected reward Σ p(option)·reward(option) with the same reward "
+            "callables: no sampling, no variance. `num_generations` and the generation options are unused then, and "
+            "`beta` weighs the KL between the steered and base option distributions.",
+            "choices": ["sampled", "exact"],
+        },
+    )
+
     # ---- sparsity
     l1_coef: float = field(
         default=0.0,
@@ -73,6 +85,8 @@ class DSOConfig(GRPOConfig):
         validate_strength(self.train_strength)
         if self.train_strength == 0.0:
             raise ValueError("train_strength must be > 0: at λ = 0 the steering has no effect and receives no gradient")
+        if self.estimator not in ("sampled", "exact"):
+            raise ValueError(f"estimator must be 'sampled' or 'exact', got {self.estimator!r}")
         if self.l1_coef < 0:
             raise ValueError(f"l1_coef must be >= 0, got {self.l1_coef}")
         self.steering_config()  # validate the steering options now, not at trainer construction

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 from trl import GRPOTrainer
-from trl.trainer.utils import create_model_from_path
+from trl.trainer.utils import RepeatSampler, create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..steering import Steering, SteeringError
@@ -26,6 +26,7 @@ from .checkpoint import (
     save_tree,
 )
 from .config import DSOConfig
+from .exact import exact_terms, option_kl, option_probabilities
 
 TRAINING_ARGS_JSON = "training_args.json"
 
@@ -130,10 +131,54 @@ class DSOTrainer(GRPOTrainer):
             self.ref_model = _SteeringDisabledPolicy(model, steering)
         self.add_callback(_SparsityCallback(self))
 
+    # ------------------------------------------------------------------ the exact estimator's data path
+    def _get_train_sampler(self, dataset=None):
+        if self.args.estimator == "sampled":
+            return super()._get_train_sampler(dataset)
+        # every row once per generation batch (no repeats for sampling), kept for steps_per_generation steps as GRPO does
+        return RepeatSampler(data_source=dataset if dataset is not None else self.train_dataset, mini_repeat_count=1,
+                             batch_size=self.args.generation_batch_size,
+                             repeat_count=self.args.steps_per_generation, shuffle=self.shuffle_dataset,
+                             seed=self.args.seed)
+
+    def _prepare_inputs(self, generation_batch):
+        if self.args.estimator == "sampled":
+            return super()._prepare_inputs(generation_batch)
+        if not self.model.training:
+            return generation_batch
+        steps = self.args.steps_per_generation
+        if self._step % steps == 0 or self._buffered_inputs is None:
+            size = -(-len(generation_batch) // steps)
+            self._buffered_inputs = [generation_batch[i * size:(i + 1) * size] for i in range(steps)]
+        return self._buffered_inputs[self._step % steps]
+
+    def _exact_loss(self, model, rows: list[dict], mode: str) -> torch.Tensor:
+        extra = {"trainer_state": self.state, "log_metric": self._log_metric, "log_extra": self._log_completion_extra}
+        terms = exact_terms(model, self.processing_class, rows, self.reward_funcs, self.reward_weights, extra)
+        expected = terms.expected_reward()
+        loss = -terms.scaled_objective(self.args.scale_rewards).mean()
+        if self.beta != 0.0:
+            with torch.no_grad(), self.steering.disabled():
+                base = option_probabilities(model, self.processing_class, rows)
+            kl = option_kl(terms.probabilities, base).mean()
+            loss = loss + self.beta * kl
+            self._metrics[mode]["kl"].append(self.accelerator.gather(kl.detach()).mean().item())
+        self._metrics[mode]["reward"].append(self.accelerator.gather(expected.detach().mean()).mean().item())
+        for f, name in enumerate(self.reward_func_names):
+            judged = ~torch.isnan(terms.per_function[..., f]).all(-1)
+            if judged.any():
+                value = (terms.probabilities.detach() * terms.per_function[..., f].nan_to_num(0)).sum(-1)[judged]
+                self._metrics[mode][f"rewards/{name}/mean"].append(value.mean().item())
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return loss / normalizer
+
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
+        if self.args.estimator == "exact":
+            loss = self._exact_loss(model, inputs, mode)
+        else:
+            loss = super()._compute_loss(model, inputs)
         params = list(self.steering.parameters())
         l1 = sum(p.abs().sum() for p in params)
         if self.args.l1_coef > 0 and not self.args.l1_proximal:
