@@ -1,0 +1,82 @@
+"""PNG plots of a sweep: bias vs λ, accuracy vs λ (with confidence bands), and the bias-accuracy Pareto front.
+
+Figures are drawn with matplotlib's object API on the Agg canvas, so no display and no global backend change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..atomic import write_atomic
+from .sweep import Sweep, SweepPoint
+
+PLOTS = {"bias": "bias_vs_strength.png", "accuracy": "accuracy_vs_strength.png", "pareto": "pareto.png"}
+
+
+def plot_sweep(sweep: Sweep, output_dir: str | Path) -> dict[str, Path]:
+    """Write the three plots into `output_dir` (each atomically); returns their paths by kind."""
+    folder = Path(output_dir)
+    draw: dict[str, Callable[[Axes, Sweep], None]] = {
+        "bias": lambda ax, s: _versus_strength(ax, s, "pob", "Per-Occupation Bias (points)"),
+        "accuracy": lambda ax, s: _versus_strength(ax, s, "unambiguous_accuracy", "Unambiguous accuracy (%)"),
+        "pareto": _pareto,
+    }
+    paths = {}
+    for kind, name in PLOTS.items():
+        figure = Figure(figsize=(6, 4.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        draw[kind](figure.add_subplot(), sweep)
+        write_atomic(folder / name, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+        paths[kind] = folder / name
+    return paths
+
+
+def _curves(sweep: Sweep) -> dict[float, list[SweepPoint]]:
+    """The points of each keep fraction, by increasing λ."""
+    curves: dict[float, list[SweepPoint]] = {}
+    for point in sweep.points:
+        curves.setdefault(point.keep_fraction, []).append(point)
+    return {k: sorted(v, key=lambda p: p.strength) for k, v in sorted(curves.items(), reverse=True)}
+
+
+def _label(keep_fraction: float) -> str:
+    return "DSO" if keep_fraction == 1 else f"DSO, {keep_fraction:.0%} kept"
+
+
+def _versus_strength(ax: Axes, sweep: Sweep, metric: str, ylabel: str) -> None:
+    for fraction, points in _curves(sweep).items():
+        x = [p.strength for p in points]
+        line = ax.plot(x, [getattr(p.metrics, metric) for p in points], marker="o", label=_label(fraction))[0]
+        intervals = [p.metrics.intervals.get(metric) for p in points]
+        if all(intervals):
+            ax.fill_between(x, [i[0] for i in intervals], [i[1] for i in intervals], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+    level = sweep.points[0].metrics.confidence
+    ax.set(xlabel="steering strength λ", ylabel=ylabel, title=f"{ylabel.split(' (')[0]} vs λ ({level:.0%} CI band)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _pareto(ax: Axes, sweep: Sweep) -> None:
+    for fraction, points in _curves(sweep).items():
+        x, y = [p.metrics.pob for p in points], [p.metrics.unambiguous_accuracy for p in points]
+        ax.plot(x, y, marker="o", label=_label(fraction))
+        for point, xi, yi in zip(points, x, y):
+            ax.annotate(f"λ={point.strength:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for baseline in sweep.baselines:
+        points = baseline["points"]
+        x, y = [p["pob"] for p in points], [p["unambiguous_accuracy"] for p in points]
+        ax.plot(x, y, marker="s", linestyle="--" if len(points) > 1 else "none", label=baseline["name"])
+        for point, xi, yi in zip(points, x, y):
+            if point.get("strength") is not None:
+                ax.annotate(f"{point['strength']:g}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
+    ax.set(xlabel="Per-Occupation Bias (points, lower is better)", ylabel="Unambiguous accuracy (%)",
+           title="Bias vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()

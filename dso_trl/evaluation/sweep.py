@@ -1,0 +1,198 @@
+"""The inference-time knob: evaluate a steering over a grid of strengths λ (and of sparsities), save and pick from it.
+
+The steering is left exactly as found: its vectors, sparsity masks and λ are restored after the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import write_atomic, write_json_atomic
+from ..steering import Steering, validate_strength
+from .divergence import steering_kl
+from .estimators import EvaluationConfig, Parser, evaluate
+from .metrics import HEADLINE, BiasMetrics
+
+DEFAULT_STRENGTHS = tuple(i / 10 for i in range(11))
+JSON_NAME, CSV_NAME = "sweep.json", "sweep.csv"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The metrics of the steering at strength λ with the `keep_fraction` strongest entries kept (1.0: dense)."""
+
+    strength: float
+    keep_fraction: float
+    metrics: BiasMetrics
+    kl: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """One flat CSV row: headline figures with their interval bounds."""
+        m = self.metrics
+        row: dict[str, Any] = {"keep_fraction": self.keep_fraction, "strength": self.strength}
+        for name in HEADLINE:
+            low, high = m.intervals.get(name, (math.nan, math.nan))
+            row.update({name: getattr(m, name), f"{name}_low": low, f"{name}_high": high})
+        row.update(dont_know_unambiguous=m.dont_know_unambiguous, unparsed_rate=m.unparsed_rate,
+                   n_ambiguous=m.n_ambiguous, n_unambiguous=m.n_unambiguous, kl=self.kl)
+        return row
+
+
+@dataclass
+class Sweep:
+    """Every evaluated point, with the baselines to compare against on the Pareto plot
+    (`[{"name": str, "points": [{"pob", "unambiguous_accuracy", optional "strength"}]}]`, same units: points)."""
+
+    points: list[SweepPoint]
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.baselines = check_baselines(self.baselines)
+
+    def to_dict(self) -> dict[str, Any]:
+        points = [{"strength": p.strength, "keep_fraction": p.keep_fraction, "kl": p.kl,
+                   "metrics": p.metrics.to_dict()} for p in self.points]
+        return {"points": points, "baselines": self.baselines}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Sweep:
+        points = [SweepPoint(p["strength"], p["keep_fraction"], BiasMetrics.from_dict(p["metrics"]), p["kl"])
+                  for p in values["points"]]
+        return cls(points, list(values.get("baselines", [])))
+
+
+def run_sweep(steering: Steering, processing_class: Any, rows: Sequence[Mapping[str, Any]], *,
+              strengths: Sequence[float] = DEFAULT_STRENGTHS, keep_fractions: Sequence[float] = (1.0,),
+              config: EvaluationConfig | None = None, parser: Parser | None = None,
+              kl_texts: Sequence[str] | None = None, baselines: Sequence[Mapping[str, Any]] = (),
+              output_dir: str | os.PathLike | None = None) -> Sweep:
+    """Evaluate every (keep_fraction, λ) pair; `keep_fraction < 1` sparsifies the steering, restored after.
+    With `kl_texts`, also KL(steered ‖ base) on them. With `output_dir`, writes the sweep there (`write_sweep`)."""
+    strengths = [validate_strength(s) for s in strengths]
+    for fraction in keep_fractions:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"keep fractions must be in (0, 1], got {fraction}")
+    if not strengths or not keep_fractions:
+        raise ValueError("the sweep grid is empty: give at least one strength and one keep fraction")
+    baselines = check_baselines(baselines)
+    config = config or EvaluationConfig()
+    inner = dataclasses.replace(config, progress=False)
+    rows = list(rows)
+    points = []
+    bar = tqdm(total=len(strengths) * len(keep_fractions), desc="λ sweep", disable=not config.progress)
+    with bar:
+        for fraction in keep_fractions:
+            with preserved_state(steering):
+                if fraction < 1:
+                    steering.sparsify(fraction)
+                for strength in strengths:
+                    steering.set_strength(strength)
+                    metrics = evaluate(steering.model, processing_class, rows, inner, parser)
+                    kl = steering_kl(steering, processing_class, kl_texts, progress=False) if kl_texts else None
+                    points.append(SweepPoint(strength, float(fraction), metrics, kl))
+                    bar.update()
+                    if output_dir is not None:  # a long sweep that stops early keeps what it measured
+                        write_sweep(Sweep(points, baselines), output_dir, plots=False)
+    sweep = Sweep(points, baselines)
+    if output_dir is not None:
+        write_sweep(sweep, output_dir)
+    return sweep
+
+
+def write_sweep(sweep: Sweep, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
+    """Write `sweep.json`, `sweep.csv` and (with `plots`) the three PNG plots into `output_dir`, each file atomically;
+    returns the paths by kind."""
+    if not sweep.points:
+        raise ValueError("the sweep has no points to write")
+    folder = Path(output_dir)
+    write_json_atomic(folder / JSON_NAME, sweep.to_dict())
+    rows = [point.summary() for point in sweep.points]
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(folder / CSV_NAME, write_csv)
+    paths = {"json": folder / JSON_NAME, "csv": folder / CSV_NAME}
+    if plots:
+        from .plots import plot_sweep  # matplotlib is imported only when drawing
+
+        paths.update(plot_sweep(sweep, folder))
+    return paths
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """A sweep from `sweep.json` (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_NAME
+    return Sweep.from_dict(json.loads(path.read_text()))
+
+
+def pick_strength(sweep: Sweep, max_bias: float | None = None, min_accuracy: float | None = None) -> SweepPoint:
+    """The point to deploy: with `max_bias`, the most accurate point whose POB ≤ max_bias (also meeting `min_accuracy`
+    if given); with only `min_accuracy`, the least biased point whose unambiguous accuracy ≥ min_accuracy. Ties go to
+    the smaller λ (less intervention), then the sparser point. Its `.strength` is λ."""
+    if max_bias is None and min_accuracy is None:
+        raise ValueError("pick_strength needs a bias budget (max_bias) or an accuracy floor (min_accuracy)")
+    feasible = [p for p in sweep.points
+                if (max_bias is None or p.metrics.pob <= max_bias)
+                and (min_accuracy is None or p.metrics.unambiguous_accuracy >= min_accuracy)]
+    if not feasible:
+        best_bias = min(sweep.points, key=lambda p: _or_inf(p.metrics.pob))
+        best_accuracy = min(sweep.points, key=lambda p: _or_inf(-p.metrics.unambiguous_accuracy))
+        raise ValueError(
+            f"no sweep point meets POB ≤ {max_bias} and accuracy ≥ {min_accuracy}: the lowest POB is "
+            f"{best_bias.metrics.pob:.2f} (λ={best_bias.strength}, keep {best_bias.keep_fraction}) and the best "
+            f"accuracy {best_accuracy.metrics.unambiguous_accuracy:.2f} (λ={best_accuracy.strength}, keep "
+            f"{best_accuracy.keep_fraction})")
+    if max_bias is not None:
+        return min(feasible, key=lambda p: (-p.metrics.unambiguous_accuracy, p.strength, p.keep_fraction))
+    return min(feasible, key=lambda p: (p.metrics.pob, p.strength, p.keep_fraction))
+
+
+def check_baselines(baselines: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Baselines as plain dicts, each checked to have a name and points with `pob` and `unambiguous_accuracy`."""
+    checked = []
+    for i, baseline in enumerate(baselines):
+        if not isinstance(baseline.get("name"), str) or not baseline.get("points"):
+            raise ValueError(f"baseline {i} needs a 'name' and a non-empty list of 'points'")
+        for point in baseline["points"]:
+            missing = [key for key in ("pob", "unambiguous_accuracy") if key not in point]
+            if missing:
+                raise ValueError(f"baseline {baseline['name']!r}: a point lacks {missing}")
+        checked.append({"name": baseline["name"], "points": [dict(p) for p in baseline["points"]]})
+    return checked
+
+
+@contextlib.contextmanager
+def preserved_state(steering: Steering) -> Iterator[None]:
+    """Restore the steering's vectors, sparsity masks and λ on exit, whatever happened in the block."""
+    values = {name: param.detach().clone() for name, param in steering.named_parameters()}
+    masks, strength = steering.masks, steering.strength
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in steering.named_parameters():
+                param.copy_(values[name])
+        steering._masks = masks  # Steering has no public mask setter; masks are state `sparsify` changes
+        steering.set_strength(strength)
+
+
+def _or_inf(value: float) -> float:
+    """NaN (a figure with no rows) sorts last."""
+    return math.inf if math.isnan(value) else value
