@@ -354,3 +354,24 @@ def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
     url = Steering.attach(make_model("llama")).push_to_hub("me/dso-steering")
     assert uploaded == {"repo": "me/dso-steering", "files": ["steering.safetensors", "steering_config.json"]}
     assert url.endswith("/commit/1")
+
+
+def test_state_dict_round_trip_and_mismatch():
+    steering = Steering.attach(make_model("llama"))
+    randomize(steering)
+    steering.sparsify(0.5)
+    state = steering.state_dict()
+    assert sorted(k for k in state if k.endswith(".mask")) == sorted(f"{n}.mask" for n in steering.masks)
+    with torch.no_grad():
+        for param in steering.parameters():
+            param.zero_()
+    steering.load_state_dict(state)
+    assert all(torch.equal(p, state[n]) for n, p in steering.named_parameters())
+    del state["model.norm.dso_shift"]
+    with pytest.raises(SteeringError, match=r"missing \['model.norm.dso_shift'\]"):
+        steering.load_state_dict(state)
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    Steering.attach(make_model("llama")).save_pretrained(tmp_path)
+    assert all(p.stat().st_mode & 0o044 for p in tmp_path.iterdir())  # not mkstemp's 0600

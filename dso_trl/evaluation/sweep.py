@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic, write_json_atomic
@@ -181,15 +180,11 @@ def check_baselines(baselines: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 @contextlib.contextmanager
 def preserved_state(steering: Steering) -> Iterator[None]:
     """Restore the steering's vectors, sparsity masks and λ on exit, whatever happened in the block."""
-    values = {name: param.detach().clone() for name, param in steering.named_parameters()}
-    masks, strength = steering.masks, steering.strength
+    state, strength = steering.state_dict(), steering.strength
     try:
         yield
     finally:
-        with torch.no_grad():
-            for name, param in steering.named_parameters():
-                param.copy_(values[name])
-        steering._masks = masks  # Steering has no public mask setter; masks are state `sparsify` changes
+        steering.load_state_dict(state)
         steering.set_strength(strength)
 
 

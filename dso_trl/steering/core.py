@@ -18,6 +18,7 @@ from .tracing import trace_readers
 
 SCALE = "dso_scale"
 SHIFT = "dso_shift"
+MASK_SUFFIX = ".mask"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,33 @@ class Steering:
     def fraction_of_model(self) -> float:
         """Steering entries as a fraction of the base model's parameters."""
         return self.num_parameters() / self._base_parameter_count
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the vectors (`<module>.dso_scale` / `.dso_shift`) and of the sparsity masks
+        (`<parameter>.mask`): exactly what `save_pretrained` writes to `steering.safetensors`."""
+        self._check_attached()
+        state = {name: param.detach().clone() for name, param in self.named_parameters()}
+        state.update({name + MASK_SUFFIX: mask.clone() for name, mask in self._masks.items()})
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "the state dict") -> None:
+        """Set the vectors and sparsity masks from `state` (as returned by `state_dict`); every vector of this
+        steering must be present with its shape, and nothing else, or a `SteeringError` names the difference."""
+        self._check_attached()
+        expected = dict(self.named_parameters())
+        masks = {k[: -len(MASK_SUFFIX)]: v for k, v in state.items() if k.endswith(MASK_SUFFIX)}
+        values = {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+        if set(values) != set(expected) or not set(masks) <= set(expected):
+            missing, extra = sorted(set(expected) - set(values)), sorted(set(values) - set(expected))
+            raise SteeringError(f"{source} does not match this steering: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, param in expected.items():
+            if values[name].shape != param.shape:
+                raise SteeringError(f"{source}: {name} has shape {tuple(values[name].shape)}, expected "
+                                    f"{tuple(param.shape)}")
+        for name, param in expected.items():
+            param.copy_(values[name].to(param.dtype))
+        self._masks = {name: mask.to(torch.bool).to(expected[name].device) for name, mask in masks.items()}
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:

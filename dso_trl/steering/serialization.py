@@ -29,7 +29,6 @@ WEIGHTS_NAME = "steering.safetensors"
 CONFIG_NAME = "steering_config.json"
 FORMAT = "dso_trl.steering"
 FORMAT_VERSION = 1
-MASK_SUFFIX = ".mask"
 
 
 def _sha256(path: Path) -> str:
@@ -56,8 +55,7 @@ def save_steering(steering: Steering, path: str | os.PathLike) -> None:
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: param.detach().contiguous().cpu() for name, param in steering.named_parameters()}
-    tensors.update({name + MASK_SUFFIX: mask.contiguous().cpu() for name, mask in steering.masks.items()})
+    tensors = {name: tensor.contiguous().cpu() for name, tensor in steering.state_dict().items()}
     write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     modules = steering._modules
     metadata = {
@@ -143,7 +141,7 @@ def load_steering(cls: type[Steering], model: nn.Module, path: str | os.PathLike
     tensors = _read_tensors(folder)
     steering = cls(model, config, sites, shift_sites)
     try:
-        _copy_tensors(steering, tensors, folder)
+        steering.load_state_dict(tensors, source=str(folder / WEIGHTS_NAME))
         steering.set_strength(strength)
     except Exception:
         steering.detach()  # leave the model as it was
@@ -160,7 +158,7 @@ def load_values(steering: Steering, path: str | os.PathLike) -> None:
         first = next((a for a, b in zip(sites, steering.sites) if a != b), None)
         raise SteeringError(f"the steering in {folder} has other sites than the one being trained "
                             f"(first difference: {first or f'{len(sites)} vs {len(steering.sites)} sites'})")
-    _copy_tensors(steering, _read_tensors(folder), folder)
+    steering.load_state_dict(_read_tensors(folder), source=str(folder / WEIGHTS_NAME))
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -168,21 +166,3 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         return load_file(str(folder / WEIGHTS_NAME))
     except (SafetensorError, OSError) as error:
         raise SteeringError(f"cannot read {folder / WEIGHTS_NAME}: {error}") from error
-
-
-def _copy_tensors(steering: Steering, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    expected = dict(steering.named_parameters())
-    masks = {k[: -len(MASK_SUFFIX)]: v for k, v in tensors.items() if k.endswith(MASK_SUFFIX)}
-    values = {k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX)}
-    if set(values) != set(expected) or not set(masks) <= set(expected):
-        missing, extra = sorted(set(expected) - set(values)), sorted(set(values) - set(expected))
-        raise SteeringError(f"{folder / WEIGHTS_NAME} does not match {CONFIG_NAME}: missing {missing[:3]}, "
-                            f"unexpected {extra[:3]}")
-    for name, param in expected.items():
-        if values[name].shape != param.shape:
-            raise SteeringError(f"{folder / WEIGHTS_NAME}: {name} has shape {tuple(values[name].shape)}, "
-                                f"expected {tuple(param.shape)}")
-    with torch.no_grad():
-        for name, param in expected.items():
-            param.copy_(values[name].to(param.dtype))
-    steering._masks = {name: mask.to(torch.bool).to(expected[name].device) for name, mask in masks.items()}
