@@ -6,6 +6,10 @@ the same run. Goal (issue 2): hooked ≤ 1.10×, folded ≤ 1.01×.
 
     python benchmarks/steering_overhead.py                      # CPU, fp32
     python benchmarks/steering_overhead.py --device cuda --dtype bfloat16
+    python benchmarks/steering_overhead.py --config benchmarks/smollm2_config.json   # random weights, same shapes
+
+`--config` builds the model from a config with random weights (latency does not depend on the weights' values): for a
+machine without the SmolLM2 package, e.g. a GPU machine with no network.
 """
 
 from __future__ import annotations
@@ -52,13 +56,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--config", help="build the model from this config.json with random weights instead")
     parser.add_argument("--output", default="benchmarks/results/steering_overhead.json")
     args = parser.parse_args()
     if args.rounds < 5:
         parser.error("--rounds must be at least 5")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
-    base, _ = load_smollm2(dtype=dtype)
+    if args.config:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config), dtype=dtype).eval()
+    else:
+        base, _ = load_smollm2(dtype=dtype)
     base.to(device)
     hooked = copy.deepcopy(base)
     random_steering(hooked, SteeringConfig())  # scale and shift on all 61 norms, applied by hooks
@@ -87,7 +98,7 @@ def main() -> None:
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(device),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "rounds": args.rounds, "results": results,
+        "model": "SmolLM2-135M-Instruct" + (" (random weights)" if args.config else ""), "dtype": args.dtype, "rounds": args.rounds, "results": results,
     }
     write_json_atomic(Path(args.output), report)
     print(f"wrote {args.output}")

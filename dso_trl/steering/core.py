@@ -61,6 +61,7 @@ class Steering:
         self._strength = 1.0
         self._enabled = True
         self._masks: dict[str, torch.Tensor] = {}
+        self._cache: dict[int, tuple] = {}
         self._modules = {site.name: model.get_submodule(site.name) for site in sites}
         for name, module in self._modules.items():
             if SCALE in module._parameters or SHIFT in module._parameters:
@@ -106,8 +107,11 @@ class Steering:
             return None
         if not isinstance(output, torch.Tensor):
             raise SteeringError(f"{type(module).__name__} returned a {type(output).__name__}, not a tensor")
-        lam = self._strength
         scale, shift = module._parameters.get(SCALE), module._parameters.get(SHIFT)
+        if not torch.is_grad_enabled():  # inference: one fused kernel with cached coefficients
+            factor, offset = self._coefficients(module, scale, shift, output)
+            return torch.addcmul(offset, output, factor)
+        lam = self._strength  # training: computed in the steering dtype so gradients reach a and b exactly
         h = output.to(self.dtype)
         if scale is None:
             steered = h + lam * shift
@@ -116,6 +120,21 @@ class Steering:
         else:
             steered = torch.addcmul(lam * shift, h, 1 + lam * scale)
         return steered.to(output.dtype)
+
+    def _coefficients(self, module, scale, shift, output) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 + λa, λb) in the activation's dtype, recomputed only when λ, a, b (their in-place versions) or the
+        activation dtype change: at inference the hook is then a single `addcmul` kernel."""
+        key = (self._strength, scale._version if scale is not None else -1, shift._version if shift is not None else -1,
+               output.dtype, output.device)
+        cached = self._cache.get(id(module))
+        if cached is None or cached[0] != key:
+            lam, size = self._strength, output.shape[-1]
+            with torch.no_grad():
+                factor = 1 + lam * scale if scale is not None else torch.ones(size, dtype=self.dtype, device=output.device)
+                offset = lam * shift if shift is not None else torch.zeros(size, dtype=self.dtype, device=output.device)
+            cached = (key, factor.to(output.dtype), offset.to(output.dtype))
+            self._cache[id(module)] = cached
+        return cached[1], cached[2]
 
     @property
     def strength(self) -> float:
