@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig
 
 from ..steering import SteeringConfig, validate_strength
@@ -17,7 +18,7 @@ class DSOConfig(GRPOConfig):
     any other option; `steering_config()` turns them into a [`SteeringConfig`].
 
     Defaults that differ from `GRPOConfig`: `learning_rate` is 1e-2 (the steering vectors start at zero and are
-    tiny, unlike full-model weights).
+    tiny, unlike full-model weights); without a GPU, `bf16` defaults to False (fp32) instead of True.
     """
 
     learning_rate: float = field(
@@ -81,6 +82,8 @@ class DSOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
+            self.bf16 = False  # TRL defaults to bf16, which a machine without a GPU refuses unless use_cpu is set
         super().__post_init__()
         validate_strength(self.train_strength)
         if self.train_strength == 0.0:
