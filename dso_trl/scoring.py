@@ -120,8 +120,12 @@ def option_logprobs(model: torch.nn.Module, processing_class: Any, prompts: Sequ
     for start in range(0, len(prompts), step):
         rows = range(start, min(start + step, len(prompts)))
         pairs = [(row, option) for row in rows for option in range(len(completions[row]))]
-        scores = _pair_logprobs(model, tokenizer, [encoded[r] for r, _ in pairs],
-                                [completions[r][o] for r, o in pairs], device)
+        if all(len(completions[r][o]) == 1 for r, o in pairs):  # one forward per prompt serves all its options
+            next_token = _next_token_logprobs(model, tokenizer, [encoded[r] for r in rows], device)
+            scores = torch.stack([next_token[r - start, completions[r][o][0]] for r, o in pairs])
+        else:
+            scores = _pair_logprobs(model, tokenizer, [encoded[r] for r, _ in pairs],
+                                    [completions[r][o] for r, o in pairs], device)
         table = torch.full((len(rows), max_options), float("-inf"), dtype=scores.dtype, device=scores.device)
         index = torch.tensor([[r - start, o] for r, o in pairs], device=scores.device)
         chunks.append(table.index_put((index[:, 0], index[:, 1]), scores))
@@ -135,6 +139,20 @@ def option_probabilities(model: torch.nn.Module, processing_class: Any, prompts:
     (padding gets probability 0). This is the distribution the metrics read; the graph is kept."""
     return torch.softmax(option_logprobs(model, processing_class, prompts, option_completions, images,
                                          batch_size=batch_size), dim=-1)
+
+
+def _next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[EncodedPrompt],
+                         device: torch.device) -> torch.Tensor:
+    """Log-softmax of the next-token logits after each prompt ([prompts, vocab]): when every option is one token,
+    this scores all of a row's options with one sequence instead of one per option."""
+    inputs = batch_inputs([p.input_ids for p in prompts], prompts, _pad_id(tokenizer), "right", device)
+    width = inputs["input_ids"].shape[1]
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        inputs["logits_to_keep"] = width - min(len(p.input_ids) for p in prompts) + 1
+    logits = model(**inputs, use_cache=False).logits
+    offset = width - logits.shape[1]
+    last = torch.tensor([len(p.input_ids) - 1 - offset for p in prompts], device=logits.device)
+    return logits[torch.arange(len(prompts), device=logits.device), last].float().log_softmax(-1)
 
 
 def _pair_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[EncodedPrompt],
