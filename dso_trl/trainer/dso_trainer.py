@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -214,8 +215,6 @@ class DSOTrainer(GRPOTrainer):
 
     def _gathered_steering(self):
         """On DeepSpeed ZeRO-3 the steering vectors are partitioned: gather them (on every rank) while saving."""
-        import contextlib
-
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             import deepspeed
 
