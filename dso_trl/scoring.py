@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import ProcessorMixin
@@ -153,6 +153,18 @@ def _next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[E
     offset = width - logits.shape[1]
     last = torch.tensor([len(p.input_ids) - 1 - offset for p in prompts], device=logits.device)
     return logits[torch.arange(len(prompts), device=logits.device), last].float().log_softmax(-1)
+
+
+def row_images(rows: Sequence[Mapping[str, Any]]) -> list[Any] | None:
+    """The `image` column of schema rows (docs/SCHEMA.md), or None when no row has an image."""
+    return [row.get("image") for row in rows] if any(row.get("image") is not None for row in rows) else None
+
+
+def row_option_probabilities(model: torch.nn.Module, processing_class: Any, rows: Sequence[Mapping[str, Any]], *,
+                             batch_size: int | None = None) -> torch.Tensor:
+    """`option_probabilities` of schema rows: their `prompt`, `option_completions` and `image` columns."""
+    return option_probabilities(model, processing_class, [row["prompt"] for row in rows],
+                                [row["option_completions"] for row in rows], row_images(rows), batch_size=batch_size)
 
 
 def _pair_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[EncodedPrompt],

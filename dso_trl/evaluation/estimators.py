@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..scoring import batch_inputs, encode_prompts, option_probabilities, tokenizer_of
+from ..scoring import batch_inputs, encode_prompts, row_images, row_option_probabilities, tokenizer_of
 from .metrics import BiasMetrics, compute_metrics
 from .table import ESTIMATORS, ChoiceTable, Estimator, check_rows
 
@@ -69,8 +69,7 @@ def exact_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[Ma
     with _inference(model):
         for start in tqdm(range(0, len(rows), batch_size), desc="exact scoring", disable=not progress):
             chunk = rows[start:start + batch_size]
-            probs = option_probabilities(model, processing_class, [r["prompt"] for r in chunk],
-                                         [r["option_completions"] for r in chunk], _images(chunk))
+            probs = row_option_probabilities(model, processing_class, chunk)
             chunks.append(probs.float().cpu().numpy())
     width = max(c.shape[1] for c in chunks)
     table = np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in chunks])
@@ -95,7 +94,7 @@ def sampled_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(rows), batch_size), desc="sampling", disable=not progress):
             chunk = rows[start:start + batch_size]
-            prompts = encode_prompts(processing_class, [r["prompt"] for r in chunk], _images(chunk))
+            prompts = encode_prompts(processing_class, [r["prompt"] for r in chunk], row_images(chunk))
             inputs = batch_inputs([p.input_ids for p in prompts], prompts, pad_id or 0, "left", device)
             output = model.generate(**inputs, **kwargs)
             completions = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -110,10 +109,6 @@ def sampled_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[
                 else:
                     counts[row, choice] += 1
     return ChoiceTable.from_rows(rows, counts / num_samples, "sampled", unparsed / num_samples, num_samples)
-
-
-def _images(rows: Sequence[Mapping[str, Any]]) -> list[Any] | None:
-    return [row.get("image") for row in rows] if any(row.get("image") is not None for row in rows) else None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, create_model_from_path
 
 from ..atomic import write_json_atomic
+from ..scoring import row_option_probabilities
 from ..steering import Steering, SteeringError
 from ..steering.serialization import load_values
 from .checkpoint import (
@@ -27,7 +28,7 @@ from .checkpoint import (
     save_tree,
 )
 from .config import DSOConfig
-from .exact import exact_terms, option_kl, option_probabilities
+from .exact import exact_terms, option_kl
 
 TRAINING_ARGS_JSON = "training_args.json"
 
@@ -160,7 +161,7 @@ class DSOTrainer(GRPOTrainer):
         loss = -terms.scaled_objective(self.args.scale_rewards).mean()
         if self.beta != 0.0:
             with torch.no_grad(), self.steering.disabled():
-                base = option_probabilities(model, self.processing_class, rows)
+                base = row_option_probabilities(model, self.processing_class, rows)
             kl = option_kl(terms.probabilities, base).mean()
             loss = loss + self.beta * kl
             self._metrics[mode]["kl"].append(self.accelerator.gather(kl.detach()).mean().item())

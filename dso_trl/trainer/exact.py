@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from trl.data_utils import is_conversational
 
-from ..scoring import option_logprobs
+from ..scoring import row_option_probabilities
 
 NOT_COLUMNS = ("prompt", "completion", "completion_ids")
 
@@ -57,13 +57,6 @@ def check_rows(rows: Sequence[dict]) -> None:
                            f"has {sorted(row)}")
 
 
-def option_probabilities(model, processing_class, rows: Sequence[dict]) -> torch.Tensor:
-    images = [row.get("image") for row in rows] if any("image" in row for row in rows) else None
-    logprobs = option_logprobs(model, processing_class, [row["prompt"] for row in rows],
-                               [row["option_completions"] for row in rows], images)
-    return torch.softmax(logprobs, dim=-1)
-
-
 def option_rewards(reward_funcs: Sequence[Callable], reward_weights: torch.Tensor, rows: Sequence[dict],
                    probabilities: torch.Tensor, extra_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Call every reward function once on all (row, option) pairs; returns (combined [rows, options],
@@ -100,7 +93,7 @@ def option_rewards(reward_funcs: Sequence[Callable], reward_weights: torch.Tenso
 def exact_terms(model, processing_class, rows: Sequence[dict], reward_funcs, reward_weights,
                 extra_kwargs: dict[str, Any]) -> ExactTerms:
     check_rows(rows)
-    probabilities = option_probabilities(model, processing_class, rows)
+    probabilities = row_option_probabilities(model, processing_class, rows)
     rewards, per_function = option_rewards(reward_funcs, reward_weights, rows, probabilities.detach(), extra_kwargs)
     return ExactTerms(probabilities, rewards, per_function)
 
