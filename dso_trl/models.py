@@ -79,3 +79,25 @@ def _build_cache(folder: Path) -> None:
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32):
+    """(model, processing_class) for the CLI and recipes: SmolLM2 when `name_or_path` is None (or its Hub id), else a
+    Hugging Face model folder or id — a causal LM with its tokenizer, or a vision-language model (its config has a
+    `vision_config`) with its processor."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                              AutoTokenizer)
+
+    if name_or_path is None or name_or_path == SMOLLM2_ID:
+        return load_smollm2(dtype)
+    if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").is_file():
+        raise FileNotFoundError(f"{name_or_path} has no config.json: give a folder written by save_pretrained")
+    config = AutoConfig.from_pretrained(name_or_path)
+    if getattr(config, "vision_config", None) is not None:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
+        processing_class = AutoProcessor.from_pretrained(name_or_path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        processing_class = AutoTokenizer.from_pretrained(name_or_path)
+    model.eval()
+    return model, processing_class

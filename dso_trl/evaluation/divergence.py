@@ -5,6 +5,7 @@ A debiasing steering should change answers about occupations and little else; th
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any, Sequence
 
 import torch
@@ -12,6 +13,12 @@ from tqdm.auto import tqdm
 
 from ..scoring import batch_inputs, encode_prompts, tokenizer_of
 from ..steering import Steering
+
+
+def neutral_texts() -> list[str]:
+    """The 40 bundled neutral sentences (no people, occupations or pronouns) used for KL by the CLI and the demo."""
+    text = resources.files("dso_trl").joinpath("data/neutral_texts.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 @torch.no_grad()

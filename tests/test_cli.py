@@ -1,0 +1,108 @@
+"""The `dso-trl` command on a tiny local model: help, demo, train → evaluate → sweep, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_model
+from dso_trl import Steering
+from dso_trl.cli import COMMANDS, main
+
+TINY = ["--max_steps", "2", "--batch_size", "8", "--n_train", "12", "--n_test", "8", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def demo(model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    main(["demo", "--model", model_dir, "--output_dir", str(out), "--strengths", "0", "0.5", "1", *TINY])
+    return out
+
+
+def test_help_lists_every_command_and_its_options(capsys):
+    script = shutil.which("dso-trl", path=str(Path(sys.executable).parent))  # the installed console script
+    command = [script] if script else [sys.executable, "-m", "dso_trl.cli"]
+    top = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(name in top for name in COMMANDS)
+    expected = {"demo": ["--synthbias", "--max_steps", "--strengths"], "train": ["--task", "--reward_funcs",
+                "--learning_rate", "--estimator", "--l1_coef"], "evaluate": ["--steering", "--strength", "--estimator"],
+                "sweep": ["--strengths", "--keep_fractions", "--baselines", "--report_to"]}
+    for name, options in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert exit_info.value.code == 0 and all(option in text for option in options), (name, text)
+
+
+def test_unknown_command_names_it():
+    with pytest.raises(SystemExit, match="unknown command 'trian'"):
+        main(["trian"])
+
+
+def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
+    metrics = json.loads((demo / "metrics.json").read_text())
+    assert metrics["task"] == "pronoun" and metrics["steps"] == 2
+    assert [p["strength"] for p in metrics["sweep"]] == [0, 0.5, 1]
+    # λ = 0 is the base model exactly, and the steered figures are those of λ = 1
+    assert metrics["sweep"][0]["pob"] == metrics["base"]["pob"]
+    assert metrics["sweep"][0]["kl"] == 0.0 and metrics["sweep"][-1]["kl"] > 0
+    assert metrics["steered"]["pob"] == metrics["sweep"][-1]["pob"]
+    assert metrics["steered"]["unambiguous_accuracy"] == metrics["sweep"][-1]["unambiguous_accuracy"]
+    assert metrics["evaluation"]["rows"] == {"pronoun": 16}
+    assert 0 <= metrics["base"]["pob"] <= 100 and metrics["train_seconds"] > 0
+    for name in ("sweep.json", "sweep.csv", "bias_vs_strength.png", "accuracy_vs_strength.png", "pareto.png"):
+        assert (demo / name).stat().st_size > 0
+    steering = Steering.from_pretrained(make_model("llama"), demo / "steering")
+    assert steering.num_parameters() == metrics["trainable_parameters"]
+    assert any(float(p.abs().sum()) > 0 for _, p in steering.named_parameters())
+    assert 0 < metrics["fraction_of_model"] < 1
+
+
+def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
+    main(["train", "--model", model_dir, "--output_dir", str(tmp_path / "run"), "--estimator", "exact",
+          "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "2", "--n_train", "8",
+          "--n_train_unambiguous", "8", "--report_to", "none", "--save_strategy", "no",
+          "--gradient_checkpointing", "false", "--disable_tqdm", "true"])
+    steering_dir = tmp_path / "run" / "steering"
+    assert (steering_dir / "steering.safetensors").is_file()
+
+    common = ["--model", model_dir, "--n_test", "8", "--n_test_unambiguous", "8"]
+    main(["evaluate", *common, "--output_dir", str(tmp_path / "base"), "--kl", "false"])
+    main(["evaluate", *common, "--steering", str(steering_dir), "--strength", "0", "--output_dir",
+          str(tmp_path / "zero")])
+    base = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    zero = json.loads((tmp_path / "zero" / "metrics.json").read_text())
+    assert base["steering"] is None and zero["strength"] == 0.0
+    assert zero["pob"] == base["pob"] and zero["kl"] == 0.0  # λ = 0 is the base model
+
+    main(["sweep", *common, "--steering", str(steering_dir), "--strengths", "0", "1", "--keep_fractions", "1", "0.5",
+          "--output_dir", str(tmp_path / "sweep")])
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(p["keep_fraction"], p["strength"]) for p in sweep["points"]] == [(1, 0), (1, 1), (0.5, 0), (0.5, 1)]
+    assert sweep["points"][0]["metrics"]["pob"] == base["pob"]
+    assert (tmp_path / "sweep" / "pareto.png").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--batch_size", "64", "--n_train", "12"], "larger than the 24 training rows"),
+    (["evaluate", "--strength", "1.5", "--steering", "x"], "strength"),
+    (["evaluate", "--task", "synthbias"], "--data_path"),
+    (["evaluate", "--task", "winobias", "--data_path", "x.csv"], "not used by --task winobias"),
+    (["sweep"], "needs --steering"),
+])
+def test_bad_arguments_are_refused_by_name(argv, message, model_dir):
+    with pytest.raises((SystemExit, ValueError), match=message):
+        main([argv[0], "--model", model_dir, *argv[1:]])
