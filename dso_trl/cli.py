@@ -185,8 +185,9 @@ def _evaluate(argv: list[str]) -> None:
               **metrics.to_dict()}
     path = Path(args.output_dir) / "metrics.json"
     write_json_atomic(path, result)
+    kl_text = f"  KL {kl:.4f}" if kl is not None else ""
     print(f"POB {metrics.pob:.1f}  unambiguous accuracy {metrics.unambiguous_accuracy:.1f}  "
-          f"don't know {metrics.dont_know_ambiguous:.1f}" + (f"  KL {kl:.4f}" if kl is not None else "") + f"  -> {path}")
+          f"don't know {metrics.dont_know_ambiguous:.1f}{kl_text}  -> {path}")
 
 
 def _sweep(argv: list[str]) -> None:

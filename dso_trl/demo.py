@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from .atomic import write_json_atomic
-from .evaluation import (DEFAULT_STRENGTHS, BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts,
+from .evaluation import (BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts,
                          run_sweep)
 from .models import load_model
 from .tasks import load_task
@@ -51,7 +51,8 @@ class DemoArguments:
         default=400, metadata={"help": "Held-out evaluation rows of each kind (ambiguous, unambiguous) per task."}
     )
     strengths: list[float] = field(
-        default_factory=lambda: list(DEFAULT_STRENGTHS), metadata={"help": "The λ grid of the sweep."}
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        metadata={"help": "The λ grid of the sweep (`dso-trl sweep` defaults to the finer 0, 0.1, …, 1)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the data splits and of training."})
     report_to: str = field(
@@ -119,7 +120,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     model, processing_class = load_model(args.model)
     train_rows, test_rows = demo_data(args)
-    config = EvaluationConfig(batch_size=64, progress=args.progress)
+    config = EvaluationConfig(progress=args.progress)
     say = print if args.progress else (lambda *a, **k: None)
     say(f"Measuring the base model on held-out wording ({', '.join(test_rows)}) ...")
     base = {name: evaluate(model, processing_class, rows, config) for name, rows in test_rows.items()}

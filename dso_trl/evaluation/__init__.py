@@ -9,6 +9,6 @@ from .table import ChoiceTable
 
 __all__ = [
     "DEFAULT_STRENGTHS", "BiasMetrics", "ChoiceTable", "EvaluationConfig", "OccupationMetrics", "Sweep", "SweepPoint",
-    "compute_metrics", "evaluate", "exact_table", "load_sweep", "neutral_texts", "pick_strength", "run_sweep", "sampled_table",
-    "steering_kl", "write_sweep",
+    "compute_metrics", "evaluate", "exact_table", "load_sweep", "neutral_texts", "pick_strength", "run_sweep",
+    "sampled_table", "steering_kl", "write_sweep",
 ]

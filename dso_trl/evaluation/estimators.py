@@ -65,14 +65,14 @@ def exact_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[Ma
                 batch_size: int = 16, progress: bool = True) -> ChoiceTable:
     """`P(option | one of the options)` for every row, from `scoring.option_probabilities`."""
     rows = check_rows(rows)
-    chunks = []
+    # Rows of similar length share a batch, so little compute goes to padding; the table keeps the rows' order.
+    order = sorted(range(len(rows)), key=lambda i: len(str(rows[i]["prompt"])))
+    table = np.zeros((len(rows), max(len(row["options"]) for row in rows)))
     with _inference(model):
         for start in tqdm(range(0, len(rows), batch_size), desc="exact scoring", disable=not progress):
-            chunk = rows[start:start + batch_size]
-            probs = row_option_probabilities(model, processing_class, chunk)
-            chunks.append(probs.float().cpu().numpy())
-    width = max(c.shape[1] for c in chunks)
-    table = np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in chunks])
+            index = order[start:start + batch_size]
+            probs = row_option_probabilities(model, processing_class, [rows[i] for i in index]).float().cpu()
+            table[index, :probs.shape[1]] = probs.numpy()
     return ChoiceTable.from_rows(rows, table, "exact")
 
 
