@@ -17,8 +17,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from .atomic import write_json_atomic
-from .evaluation import (BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts,
-                         run_sweep)
+from .evaluation import BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts, run_sweep
 from .models import load_model
 from .tasks import load_task
 
