@@ -1,0 +1,244 @@
+"""The API every inference-time baseline shares: apply at a strength and remove exactly, sweep a strength grid into the
+`{"name", "points"}` dict that `dso_trl.evaluation.Sweep(points, baselines=[...])` draws next to DSO, measure KL on
+neutral text, and save / load as safetensors + JSON.
+
+A baseline changes the model through hooks (`applied`), its prompts (`prepare_rows`), or both. Strength 0 registers
+no hook and changes no prompt, so it is the base model bit for bit; leaving `applied` removes every hook it added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..atomic import write_atomic, write_json_atomic
+from ..evaluation import EvaluationConfig, evaluate
+from ..evaluation.estimators import Parser
+from ..scoring import batch_inputs, encode_prompts, tokenizer_of
+from .activations import BaselineError
+
+WEIGHTS_NAME = "baseline.safetensors"
+CONFIG_NAME = "baseline_config.json"
+FORMAT = "dso_trl.baseline"
+FORMAT_VERSION = 1
+Rows = list[dict[str, Any]]
+
+
+class Baseline(ABC):
+    """A fitted inference-time baseline. Subclasses set `kind` (on disk), `name` (on plots), `strength_name` and
+    `default_strengths` (the grid `sweep_baseline` uses); they change the model in `_register` (hooks, removed by
+    `applied` on exit) and/or the prompts in `prepare_rows` / `prepare_texts`, and persist through `_state` /
+    `_from_state`. A baseline that changes weights instead may override `applied` itself, restoring them on exit."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    strength_name: ClassVar[str] = "strength"
+    default_strengths: ClassVar[tuple[float, ...]]
+    base_model: dict[str, Any] | None = None  # the model it was fitted on (name, architecture), saved for provenance
+    registry: ClassVar[dict[str, type[Baseline]]] = {}  # kind -> class: what `load_baseline` can rebuild
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register every subclass with its own `kind`, so `load_baseline` reads baselines defined in any module."""
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Baseline.registry[cls.kind] = cls
+
+    def validate_strength(self, strength: float) -> float:
+        """Any finite real number (negative pushes the other way); subclasses may restrict it."""
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+            raise ValueError(f"{self.name} {self.strength_name} must be a finite number, got {strength!r}")
+        return float(strength)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module, strength: float) -> Iterator[Callable[[Sequence[Mapping[str, Any]]], Rows]]:
+        """Apply the baseline to `model` at `strength` for the block. Yields `prepare(rows) -> rows`, which carries any
+        prompt change of the baseline (identity for pure hook baselines), so `evaluate(model, tok, prepare(rows))`
+        measures the baseline whatever kind it is. Hooks are removed on exit, whatever happened in the block."""
+        strength = self.validate_strength(strength)
+        handles = self._register(model, strength) if strength != 0.0 else []
+        try:
+            yield lambda rows: self.prepare_rows(rows, strength)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _register(self, model: nn.Module, strength: float) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register the hooks for a non-zero strength; returns their handles. Default: no hooks."""
+        return []
+
+    def prepare_rows(self, rows: Sequence[Mapping[str, Any]], strength: float) -> Rows:
+        """The rows the model should see at `strength` (copies; default: unchanged)."""
+        self.validate_strength(strength)
+        return [dict(row) for row in rows]
+
+    def prepare_texts(self, texts: Sequence[str], strength: float) -> list[str]:
+        """Plain texts (e.g. KL's neutral texts) as the model should see them at `strength` (default: unchanged)."""
+        self.validate_strength(strength)
+        return list(texts)
+
+    # ------------------------------------------------------------------ persistence
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-ready fields) that `_from_state` rebuilds the baseline from."""
+
+    @classmethod
+    @abstractmethod
+    def _from_state(cls, tensors: dict[str, torch.Tensor], fields: dict[str, Any]) -> Baseline:
+        ...
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `baseline.safetensors` and `baseline_config.json` into folder `path`, each atomically (no pickle);
+        the JSON records the tensors' SHA-256 so a damaged file is refused on load."""
+        from .. import __version__
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors, fields = self._state()
+        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+        write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        write_json_atomic(folder / CONFIG_NAME, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "dso_trl_version": __version__,
+            "base_model": self.base_model, "fields": fields, "tensors_sha256": _sha256(folder / WEIGHTS_NAME),
+        })
+
+
+def load_baseline(path: str | os.PathLike) -> Baseline:
+    """The baseline saved by `Baseline.save` in folder `path`, rebuilt by the class registered for its recorded kind
+    (CAA, ITI, prompting, or any other `Baseline` subclass whose module has been imported)."""
+    from . import caa, iti, prompting  # noqa: F401  (registers their classes)
+
+    kinds = Baseline.registry
+    folder = Path(path)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} not found: a saved baseline folder holds {CONFIG_NAME} and "
+                                    f"{WEIGHTS_NAME}")
+    try:
+        metadata = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise BaselineError(f"{config_path} is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise BaselineError(f"{config_path} is not a dso_trl baseline config (no \"format\": \"{FORMAT}\")")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise BaselineError(f"{config_path} has format_version {metadata['format_version']}; this dso_trl reads up "
+                            f"to {FORMAT_VERSION}: upgrade dso_trl")
+    if metadata.get("kind") not in kinds:
+        raise BaselineError(f"{config_path}: unknown baseline kind {metadata.get('kind')!r}; known: {sorted(kinds)} "
+                            "(import the module that defines it first)")
+    if _sha256(weights_path) != metadata.get("tensors_sha256"):
+        raise BaselineError(f"{weights_path} is corrupted or was changed after saving: its SHA-256 does not match the "
+                            f"one recorded in {CONFIG_NAME}")
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise BaselineError(f"cannot read {weights_path}: {error}") from error
+    try:
+        baseline = kinds[metadata["kind"]]._from_state(tensors, metadata["fields"])
+    except (KeyError, TypeError) as error:
+        raise BaselineError(f"{config_path} is malformed: {error!r}") from error
+    baseline.base_model = metadata.get("base_model")
+    return baseline
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------- sweeping
+def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, rows: Sequence[Mapping[str, Any]], *,
+                   strengths: Sequence[float] | None = None, config: EvaluationConfig | None = None,
+                   parser: Parser | None = None, kl_texts: Sequence[str] | None = None, name: str | None = None
+                   ) -> dict[str, Any]:
+    """Evaluate `baseline` at each strength (default: its `default_strengths`) on `rows` with
+    `dso_trl.evaluation.evaluate`, and with `kl_texts` also KL(steered ‖ base) on them. Returns the baseline entry
+    for `Sweep(points, baselines=[...])`: `{"name", "points": [{"strength", "pob", "unambiguous_accuracy",
+    "dont_know_rate", "kl", ...}]}` (figures in points; `dont_know_rate` is the ambiguous rows' don't-know mass, None
+    where no row offers it; `kl` None without `kl_texts`; also `stereotype_gap` and the CI bounds
+    `pob_low` / `pob_high` and `unambiguous_accuracy_low` / `unambiguous_accuracy_high`)."""
+    grid = [baseline.validate_strength(s) for s in (baseline.default_strengths if strengths is None else strengths)]
+    if not grid:
+        raise ValueError("the sweep grid is empty: give at least one strength")
+    rows = list(rows)
+    config = config or EvaluationConfig()
+    inner = dataclasses.replace(config, progress=False)
+    points = []
+    for strength in tqdm(grid, desc=f"{baseline.name} sweep", disable=not config.progress):
+        with baseline.applied(model, strength) as prepare:
+            metrics = evaluate(model, processing_class, prepare(rows), inner, parser)
+        kl = baseline_kl(baseline, model, processing_class, kl_texts, strength, progress=False) if kl_texts else None
+        point: dict[str, Any] = {
+            "strength": strength, "pob": metrics.pob, "unambiguous_accuracy": metrics.unambiguous_accuracy,
+            "dont_know_rate": metrics.dont_know_ambiguous, "kl": kl, "stereotype_gap": metrics.stereotype_gap,
+        }
+        for figure in ("pob", "unambiguous_accuracy"):
+            low, high = metrics.intervals.get(figure, (math.nan, math.nan))
+            point.update({f"{figure}_low": low, f"{figure}_high": high})
+        points.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in point.items()})
+    return {"name": name or baseline.name, "points": points}
+
+
+@torch.no_grad()
+def baseline_kl(baseline: Baseline, model: nn.Module, processing_class: Any, texts: Sequence[str], strength: float,
+                *, batch_size: int = 8, progress: bool = True) -> float:
+    """Mean over token positions of KL(steered ‖ base) in nats on plain `texts`, like `steering_kl` for DSO. The
+    steered run sees `prepare_texts(texts)` under the baseline's hooks; positions are those of each text's tokens that
+    both runs share (the common suffix of the two tokenizations: all of them for hook baselines, the text after the
+    instruction for prompting), so the figure says how much the baseline moves predictions on the text itself."""
+    if not texts or any(not isinstance(text, str) for text in texts):
+        raise ValueError("baseline_kl needs a non-empty list of plain strings")
+    strength = baseline.validate_strength(strength)
+    tokenizer = tokenizer_of(processing_class)
+    pad_id = next((int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    device = next(model.parameters()).device
+    texts, steered_texts = list(texts), baseline.prepare_texts(texts, strength)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=f"KL of {baseline.name}", disable=not progress):
+            base_prompts = encode_prompts(processing_class, texts[start:start + batch_size])
+            steered_prompts = encode_prompts(processing_class, steered_texts[start:start + batch_size])
+            shared = [_common_suffix(b.input_ids, s.input_ids) for b, s in zip(base_prompts, steered_prompts)]
+            base = _logprobs(model, base_prompts, pad_id, device)
+            with baseline.applied(model, strength):
+                steered = _logprobs(model, steered_prompts, pad_id, device)
+            for i, n in enumerate(shared):
+                b_len, s_len = len(base_prompts[i].input_ids), len(steered_prompts[i].input_ids)
+                p, q = steered[i, s_len - n:s_len], base[i, b_len - n:b_len]
+                total += float((p.exp() * (p - q)).sum())
+                count += n
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ValueError("the texts tokenize to no tokens: there is nothing to compare")
+    return total / count
+
+
+def _logprobs(model: nn.Module, prompts: list, pad_id: int, device: torch.device) -> torch.Tensor:
+    inputs = batch_inputs([p.input_ids for p in prompts], prompts, pad_id, "right", device)
+    return model(**inputs, use_cache=False).logits.float().log_softmax(-1)
+
+
+def _common_suffix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return n
