@@ -88,9 +88,10 @@ class SweepArguments(EvaluationArguments):
     )
     baselines: list[str] = field(
         default_factory=list,
-        metadata={"help": "Baselines fitted on the train split and swept on the same rows: any of caa, iti, "
-                  "prompting."},
+        metadata={"help": "Baselines on the same rows and plots, each over its default strength grid: any of caa, "
+                  "iti (fitted on the task's train split) and prompting."},
     )
+    n_fit: int = field(default=600, metadata={"help": "Ambiguous train-split rows CAA and ITI are fitted on."})
     output_dir: str = field(default="outputs/sweep", metadata={"help": "Where sweep.json/.csv and the plots go."})
 
 
@@ -197,15 +198,45 @@ def _sweep(argv: list[str]) -> None:
     (args,) = _parse("sweep", (SweepArguments,), argv)
     if not args.steering:
         raise SystemExit("dso-trl sweep needs --steering DIR (a trained steering) to sweep")
+    unknown = sorted(set(args.baselines) - set(BASELINES))
+    if unknown:
+        raise SystemExit(f"unknown baseline(s) {unknown}: choose from {', '.join(BASELINES)}")
     steering, processing_class = _steered(args)
     rows = list(args.load_split("test"))
+    config, kl_texts = _evaluation_config(args), neutral_texts() if args.kl else None
+    baselines = []
+    if args.baselines:
+        from .baselines import sweep_baseline
+
+        fit_rows = list(args.load_split("train", n_train=args.n_fit, n_train_unambiguous=0))
+        with steering.disabled():  # baselines act on the base model
+            for name in args.baselines:
+                baseline = _fit_baseline(name, steering.model, processing_class, fit_rows)
+                baselines.append(sweep_baseline(baseline, steering.model, processing_class, rows, config=config,
+                                                parser=parse_choice, kl_texts=kl_texts))
     sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, keep_fractions=args.keep_fractions,
-                      config=_evaluation_config(args), parser=parse_choice,
-                      kl_texts=neutral_texts() if args.kl else None, output_dir=args.output_dir)
+                      config=config, parser=parse_choice, kl_texts=kl_texts, baselines=baselines,
+                      output_dir=args.output_dir)
     for point in sweep.points:
         print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {point.metrics.pob:.1f}  "
               f"accuracy {point.metrics.unambiguous_accuracy:.1f}")
+    for baseline in baselines:
+        for point in baseline["points"]:
+            print(f"{baseline['name']} {point['strength']:g}  POB {point['pob']:.1f}  "
+                  f"accuracy {point['unambiguous_accuracy']:.1f}")
     print(f"sweep written to {args.output_dir}")
+
+
+def _fit_baseline(name: str, model: Any, processing_class: Any, rows: list[dict[str, Any]]) -> Any:
+    """A baseline of `BASELINES`, fitted on `rows` where it learns from data."""
+    from .baselines import Prompting, fit_caa, fit_iti
+
+    if name == "prompting":
+        return Prompting()
+    return {"caa": fit_caa, "iti": fit_iti}[name](model, processing_class, rows)
+
+
+BASELINES = ("caa", "iti", "prompting")
 
 
 if __name__ == "__main__":

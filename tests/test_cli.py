@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_model
 from dso_trl import Steering
+from dso_trl.baselines import DEFAULT_MULTIPLIERS
 from dso_trl.cli import COMMANDS, main
 
 TINY = ["--max_steps", "2", "--batch_size", "8", "--n_train", "12", "--n_test", "8", "--no_progress"]
@@ -89,8 +90,12 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
     assert zero["pob"] == base["pob"] and zero["kl"] == 0.0  # λ = 0 is the base model
 
     main(["sweep", *common, "--steering", str(steering_dir), "--strengths", "0", "1", "--keep_fractions", "1", "0.5",
-          "--output_dir", str(tmp_path / "sweep")])
+          "--baselines", "caa", "prompting", "--n_fit", "8", "--output_dir", str(tmp_path / "sweep")])
     sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    caa, prompting = sweep["baselines"]
+    assert caa["name"] == "CAA" and [p["strength"] for p in caa["points"]] == list(DEFAULT_MULTIPLIERS)
+    assert caa["points"][0]["pob"] == base["pob"]  # multiplier 0 is the base model, not the steered one
+    assert len(prompting["points"]) == 1
     assert [(p["keep_fraction"], p["strength"]) for p in sweep["points"]] == [(1, 0), (1, 1), (0.5, 0), (0.5, 1)]
     assert sweep["points"][0]["metrics"]["pob"] == base["pob"]
     assert (tmp_path / "sweep" / "pareto.png").is_file()
@@ -102,6 +107,7 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
     (["evaluate", "--task", "synthbias"], "--data_path"),
     (["evaluate", "--task", "winobias", "--data_path", "x.csv"], "not used by --task winobias"),
     (["sweep"], "needs --steering"),
+    (["sweep", "--steering", "x", "--baselines", "caa", "lora"], "unknown baseline"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, message, model_dir):
     with pytest.raises((SystemExit, ValueError), match=message):
