@@ -69,7 +69,7 @@ class Steering:
         self._frozen = [p for p in model.parameters() if p.requires_grad] if config.freeze_base else []
         for param in self._frozen:
             param.requires_grad_(False)
-        self._base_parameter_count = sum(p.numel() for p in model.parameters())
+        self._base_parameter_count = sum(full_numel(p) for p in model.parameters())
         for site in sites:
             module = self._modules[site.name]
             device = _device_of(module)
@@ -169,7 +169,7 @@ class Steering:
 
     def num_parameters(self) -> int:
         """Number of steering entries (the length of every `a` and `b` added up)."""
-        return sum(p.numel() for p in self.parameters())
+        return sum(full_numel(p) for p in self.parameters())
 
     def nonzero(self) -> int:
         """Number of steering entries that are not exactly zero."""
@@ -327,3 +327,8 @@ def _device_of(module: nn.Module) -> torch.device:
     if tensor is None:
         tensor = next(iter(module.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """A parameter's full size, also under DeepSpeed ZeRO-3 (whose partitioned parameters report 0 in `numel()`)."""
+    return int(getattr(param, "ds_numel", param.numel()))
