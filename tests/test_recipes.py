@@ -341,7 +341,8 @@ def test_reward_funcs_by_dotted_path(tmp_path, monkeypatch):
     utils = sys.modules["recipe_utils"]
     from dso_trl.rewards import GenderParityReward
 
-    (tmp_path / "my_rewards.py").write_text("def constant(prompts, completions, **kw):\n    return [1.0] * len(prompts)\n")
+    source = "def constant(prompts, completions, **kw):\n    return [1.0] * len(prompts)\n"
+    (tmp_path / "my_rewards.py").write_text(source)
     monkeypatch.chdir(tmp_path)  # like TRL's scripts, the working directory is importable
     parity, constant = utils.load_reward_funcs(["dso_trl.rewards.GenderParityReward", "my_rewards.constant"])
     assert isinstance(parity, GenderParityReward)  # classes are instantiated

@@ -130,8 +130,9 @@ class Steering:
         if cached is None or cached[0] != key:
             lam, size = self._strength, output.shape[-1]
             with torch.no_grad():
-                factor = 1 + lam * scale if scale is not None else torch.ones(size, dtype=self.dtype, device=output.device)
-                offset = lam * shift if shift is not None else torch.zeros(size, dtype=self.dtype, device=output.device)
+                like = dict(dtype=self.dtype, device=output.device)
+                factor = 1 + lam * scale if scale is not None else torch.ones(size, **like)
+                offset = lam * shift if shift is not None else torch.zeros(size, **like)
             cached = (key, factor.to(output.dtype), offset.to(output.dtype))
             self._cache[id(module)] = cached
         return cached[1], cached[2]
