@@ -60,13 +60,15 @@ def main() -> None:
         return
     runs = []
     for index in range(args.runs):
-        start = time.perf_counter()
+        start, load_before = time.perf_counter(), os.getloadavg()[0]
         child = subprocess.run([sys.executable, __file__, "--child", "--max_steps", str(max_steps)],
                                capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if child.returncode:
             raise SystemExit(f"run {index + 1} failed:\n{child.stderr[-4000:]}")
         result = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))[7:])
         result["process_seconds"] = time.perf_counter() - start
+        # other work on the machine slows a run down: the 1-minute load averages show whether the cores were free
+        result["load_average_before_after"] = [load_before, os.getloadavg()[0]]
         runs.append(result)
         print(f"run {index + 1}/{args.runs}: {result['steps']} steps in {result['train_seconds']:.1f} s "
               f"({result['seconds_per_step']:.2f} s/step), peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
