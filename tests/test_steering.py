@@ -375,3 +375,21 @@ def test_state_dict_round_trip_and_mismatch():
 def test_saved_files_are_readable_by_others(tmp_path):
     Steering.attach(make_model("llama")).save_pretrained(tmp_path)
     assert all(p.stat().st_mode & 0o044 for p in tmp_path.iterdir())  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("optimizer_options", [{"fused": True}, {"foreach": True}, {"foreach": False}])
+def test_inference_sees_every_optimizer_update(optimizer_options, input_ids):
+    """The inference path caches (1 + λa, λb); fused AdamW (the Trainer's default) updates a, b without bumping their
+    versions, so the cache must still be refreshed after each step: no-grad logits equal the training path's."""
+    model = make_model("llama")
+    steering = Steering.attach(model)
+    optimizer = torch.optim.AdamW(list(steering.parameters()), lr=0.1, **optimizer_options)
+    for _ in range(2):
+        with torch.no_grad():
+            cached = model(input_ids).logits  # fills the cache with the current vectors
+        fresh = model(input_ids).logits  # grad enabled: computed from the parameters directly
+        torch.testing.assert_close(cached, fresh.detach(), rtol=0, atol=1e-6)
+        fresh.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(float(p.abs().sum()) > 0 for p in steering.parameters())

@@ -6,11 +6,13 @@ import contextlib
 import math
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .config import SteeringConfig
 from .targets import Site, SteeringError, find_sites
@@ -62,6 +64,7 @@ class Steering:
         self._enabled = True
         self._masks: dict[str, torch.Tensor] = {}
         self._cache: dict[int, tuple] = {}
+        _LIVE_STEERINGS.add(self)
         self._modules = {site.name: model.get_submodule(site.name) for site in sites}
         for name, module in self._modules.items():
             if SCALE in module._parameters or SHIFT in module._parameters:
@@ -123,7 +126,9 @@ class Steering:
 
     def _coefficients(self, module, scale, shift, output) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 + λa, λb) in the activation's dtype, recomputed only when λ, a, b (their in-place versions) or the
-        activation dtype change: at inference the hook is then a single `addcmul` kernel."""
+        activation dtype change: at inference the hook is then a single `addcmul` kernel. Fused optimizers (the
+        Trainer's default `adamw_torch_fused`) update a and b without bumping their versions, so every optimizer step
+        also clears the cache (`_clear_coefficient_caches`)."""
         key = (self._strength, scale._version if scale is not None else -1, shift._version if shift is not None else -1,
                output.dtype, output.device)
         cached = self._cache.get(id(module))
@@ -333,3 +338,15 @@ def _device_of(module: nn.Module) -> torch.device:
 def full_numel(param: torch.Tensor) -> int:
     """A parameter's full size, also under DeepSpeed ZeRO-3 (whose partitioned parameters report 0 in `numel()`)."""
     return int(getattr(param, "ds_numel", param.numel()))
+
+
+_LIVE_STEERINGS: weakref.WeakSet[Steering] = weakref.WeakSet()
+
+
+def _clear_coefficient_caches(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """After any optimizer step, drop every steering's cached inference coefficients (see `_coefficients`)."""
+    for steering in list(_LIVE_STEERINGS):
+        steering._cache.clear()
+
+
+register_optimizer_step_post_hook(_clear_coefficient_caches)
