@@ -186,6 +186,14 @@ def _evaluate(argv: list[str]) -> None:
               **metrics.to_dict()}
     path = Path(args.output_dir) / "metrics.json"
     write_json_atomic(path, result)
+    if args.report_to == "wandb":
+        from .tracking import require_wandb
+
+        wandb = require_wandb()
+        run = wandb.run or wandb.init(config={k: result[k] for k in ("model", "steering", "strength", "task")})
+        run.summary.update({f"evaluate/{key}": value for key, value in result.items()
+                            if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        run.finish()
     kl_text = f"  KL {kl:.4f}" if kl is not None else ""
     print(f"POB {metrics.pob:.1f}  unambiguous accuracy {metrics.unambiguous_accuracy:.1f}  "
           f"don't know {metrics.dont_know_ambiguous:.1f}{kl_text}  -> {path}")
@@ -217,6 +225,12 @@ def _sweep(argv: list[str]) -> None:
     sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, keep_fractions=args.keep_fractions,
                       config=config, parser=parse_choice, kl_texts=kl_texts, baselines=baselines,
                       output_dir=args.output_dir)
+    if args.report_to == "wandb":
+        from .evaluation.plots import PLOTS
+        from .tracking import log_sweep
+
+        log_sweep(sweep, {kind: Path(args.output_dir) / file for kind, file in PLOTS.items()},
+                  config={"model": steering.model.config._name_or_path, "steering": args.steering, "task": args.task})
     for point in sweep.points:
         print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {point.metrics.pob:.1f}  "
               f"accuracy {point.metrics.unambiguous_accuracy:.1f}")

@@ -2,7 +2,7 @@
 
 Measure the base model's bias and capability on **held-out** templates and names, train a steering with the exact
 estimator, measure again across a λ grid, and write everything a reader needs to check the claim: the steering folder,
-`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card. The recipe (`demo_training_config`) is the one
+`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card (`steering/README.md`). The recipe (`demo_training_config`) is the one
 measured on SmolLM2-135M-Instruct: POB 27.8 → 3.5 with unambiguous accuracy kept (README, "On SmolLM2").
 """
 
@@ -18,6 +18,7 @@ from datasets import Dataset, concatenate_datasets
 
 from .atomic import write_json_atomic
 from .evaluation import BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts, run_sweep
+from .model_card import write_model_card
 from .models import load_model
 from .tasks import load_task
 
@@ -130,10 +131,17 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     trainer.save_model(str(output_dir / "steering"))
 
     tasks: dict[str, Any] = {}
+    sweeps: dict[str, Sweep] = {}
     for name, rows in test_rows.items():
         folder = output_dir if name == "pronoun" else output_dir / name
-        sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, config=config,
-                          kl_texts=neutral_texts(), output_dir=folder)
+        sweep = sweeps[name] = run_sweep(steering, processing_class, rows, strengths=args.strengths, config=config,
+                                         kl_texts=neutral_texts(), output_dir=folder)
+        if args.report_to == "wandb":
+            from .evaluation.plots import PLOTS
+            from .tracking import log_sweep
+
+            log_sweep(sweep, {kind: folder / file for kind, file in PLOTS.items()}, prefix=f"demo/{name}",
+                      finish=False)
         full = max(sweep.points, key=lambda p: p.strength)
         tasks[name] = {"base": headline(base[name]), "steered": {**headline(full.metrics), "strength": full.strength},
                        "sweep": sweep_records(sweep)}
@@ -147,6 +155,17 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         "arguments": asdict(args),
     }
     write_json_atomic(output_dir / METRICS_JSON, metrics)
+    write_model_card(output_dir / "steering", base_model=metrics["model"], task=", ".join(test_rows),
+                     rewards=["dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward"],
+                     strength=1.0, training_steps=metrics["steps"], trainable_parameters=metrics["trainable_parameters"],
+                     trainable_fraction=metrics["fraction_of_model"], sweep=sweeps["pronoun"],
+                     data=f"{len(train_rows)} training rows; evaluated on {metrics['evaluation']['split']}",
+                     details={"estimator": "exact", "learning rate": f"{args.learning_rate:g}",
+                              "batch size": args.batch_size, "seed": args.seed})
+    if args.report_to == "wandb":
+        import wandb
+
+        wandb.finish()
     if args.progress:
         print(format_report(metrics))
     return metrics

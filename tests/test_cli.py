@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_model
+from wandb_records import offline_runs, read_offline_run
 from dso_trl import Steering
 from dso_trl.baselines import DEFAULT_MULTIPLIERS
 from dso_trl.cli import COMMANDS, main
@@ -28,8 +29,14 @@ def model_dir(tmp_path_factory, tokenizer) -> str:
 
 @pytest.fixture(scope="module")
 def demo(model_dir, tmp_path_factory) -> Path:
+    """The demo on the tiny model, logging to an offline W&B run under `<out>/wandb`."""
     out = tmp_path_factory.mktemp("demo")
-    main(["demo", "--model", model_dir, "--output_dir", str(out), "--strengths", "0", "0.5", "1", *TINY])
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(out), "WANDB_SILENT": "true",
+                           "WANDB_DISABLE_GIT": "true"}.items():
+            patch.setenv(key, value)
+        main(["demo", "--model", model_dir, "--output_dir", str(out), "--strengths", "0", "0.5", "1",
+              "--report_to", "wandb", *TINY])
     return out
 
 
@@ -70,6 +77,17 @@ def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
     assert steering.num_parameters() == metrics["trainable_parameters"]
     assert any(float(p.abs().sum()) > 0 for _, p in steering.named_parameters())
     assert 0 < metrics["fraction_of_model"] < 1
+    card = (demo / "steering" / "README.md").read_text()
+    assert "library_name: dso_trl" in card and f"{metrics['steered']['pob']:.1f}" in card
+
+
+def test_demo_logs_training_and_fairness_to_wandb(demo):
+    [run] = offline_runs(demo)
+    summary, history = read_offline_run(run)
+    metrics = json.loads((demo / "metrics.json").read_text())
+    assert summary["demo/pronoun/base_pob"] == pytest.approx(metrics["base"]["pob"], rel=1e-9)
+    assert summary["demo/pronoun/steered_pob"] == pytest.approx(metrics["steered"]["pob"], rel=1e-9)
+    assert any(key.startswith("train/") for key in history)  # TRL's training metrics went to the same run
 
 
 def test_train_then_evaluate_then_sweep(model_dir, tmp_path):

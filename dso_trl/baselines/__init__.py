@@ -9,7 +9,7 @@ every hook. `sweep_baseline` turns a strength grid into an entry of `Sweep(point
 | Contrastive Activation Addition (Rimsky et al. 2024) | `caa`: `fit_caa` -> `CAA` | multiplier of the vector |
 | Inference-Time Intervention (Li et al. 2023) | `iti`: `fit_iti` -> `ITI` | α (and K heads, `with_top_k`) |
 | A debiasing instruction | `prompting`: `Prompting` | none (one point) |
-| LN-tuning (PEFT, trained) | `ln_tuning` | see that module |
+| LN-tuning (PEFT, trained with the same GRPO rewards) | `ln_tuning`: `train_ln_tuning` -> `LNTuning` | interpolation base → tuned norm weights |
 
 >>> caa = fit_caa(model, tokenizer, task["train"])
 >>> sweep = run_sweep(steering, tokenizer, task["test"],
@@ -22,11 +22,11 @@ from .common import Baseline, baseline_kl, load_baseline, sweep_baseline
 from .iti import DEFAULT_ALPHAS, ITI, ITIConfig, default_top_k, fit_iti, fit_logistic_probes
 from .prompting import DEFAULT_INSTRUCTION, Prompting, PromptingConfig
 
-# LN-tuning (`ln_tuning.py`, e.g. `train_ln_tuning`) is written separately: its import and names go here.
+from .ln_tuning import LNTuning, ln_tuning_config, ln_tuning_trainer, train_ln_tuning
 
 __all__ = [
     "CAA", "DEFAULT_ALPHAS", "DEFAULT_INSTRUCTION", "DEFAULT_MULTIPLIERS", "ITI", "Baseline", "BaselineError",
-    "CAAConfig", "ContrastivePair", "HeadLayout", "ITIConfig", "Prompting", "PromptingConfig", "baseline_kl",
+    "CAAConfig", "ContrastivePair", "HeadLayout", "ITIConfig", "LNTuning", "Prompting", "PromptingConfig", "baseline_kl",
     "contrastive_pairs", "decoder_layers", "default_top_k", "fit_caa", "fit_iti", "fit_logistic_probes",
-    "head_layout", "load_baseline", "sweep_baseline",
+    "head_layout", "ln_tuning_config", "ln_tuning_trainer", "load_baseline", "sweep_baseline", "train_ln_tuning",
 ]
