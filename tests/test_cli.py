@@ -35,8 +35,13 @@ def demo(model_dir, tmp_path_factory) -> Path:
         for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(out), "WANDB_SILENT": "true",
                            "WANDB_DISABLE_GIT": "true"}.items():
             patch.setenv(key, value)
-        main(["demo", "--model", model_dir, "--output_dir", str(out), "--strengths", "0", "0.5", "1",
-              "--report_to", "wandb", *TINY])
+        try:
+            main(["demo", "--model", model_dir, "--output_dir", str(out), "--strengths", "0", "0.5", "1",
+                  "--report_to", "wandb", *TINY])
+        finally:
+            import wandb
+
+            wandb.teardown()  # wandb keeps its settings (WANDB_DIR included) per process until torn down
     return out
 
 

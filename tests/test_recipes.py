@@ -196,6 +196,7 @@ def test_wandb_offline_run_holds_training_and_fairness_metrics(tmp_path, llm_dir
         assert summary["again/pareto/_type"] == "image-file"
     finally:
         wandb.finish()
+        wandb.teardown()  # wandb keeps its settings (WANDB_DIR included) per process until torn down
 
 
 def test_tracking_names_the_extra_when_wandb_is_missing(monkeypatch):
