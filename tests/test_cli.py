@@ -80,7 +80,7 @@ def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
         assert (demo / name).stat().st_size > 0
     steering = Steering.from_pretrained(make_model("llama"), demo / "steering")
     assert steering.num_parameters() == metrics["trainable_parameters"]
-    assert any(float(p.abs().sum()) > 0 for _, p in steering.named_parameters())
+    assert any(float(p.detach().abs().sum()) > 0 for _, p in steering.named_parameters())
     assert 0 < metrics["fraction_of_model"] < 1
     card = (demo / "steering" / "README.md").read_text()
     assert "library_name: dso_trl" in card and f"{metrics['steered']['pob']:.1f}" in card
