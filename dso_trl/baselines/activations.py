@@ -9,15 +9,14 @@ inside the model.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, row_images, tokenizer_of
+from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, inference, row_images, tokenizer_of
 from ..steering.targets import VISION_PATTERN
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -209,7 +208,7 @@ def collect_last_token(model: nn.Module, processing_class: Any, pairs: Sequence[
     handles = [named[name].register_forward_pre_hook(input_hook(name)) if inputs_of
                else named[name].register_forward_hook(output_hook(name)) for name in modules]
     try:
-        with _inference(model):
+        with inference(model):
             for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress):
                 chunk = range(start, min(start + batch_size, len(pairs)))
                 sequences = [prompts[i].input_ids + completions[pairs[i].anti_completion] for i in chunk]
@@ -237,15 +236,3 @@ def collect_last_token(model: nn.Module, processing_class: Any, pairs: Sequence[
             pro.append(chunk[half:])
         result[name] = (torch.cat(anti), torch.cat(pro))
     return result
-
-
-@contextlib.contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no graph for the block; the model's training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from abc import ABC, abstractmethod
@@ -25,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic, write_json_atomic
+from ..checksummed import read_checked_config, sha256_file
 from ..evaluation import EvaluationConfig, evaluate
 from ..evaluation.estimators import Parser
 from ..scoring import batch_inputs, encode_prompts, tokenizer_of
@@ -111,7 +110,7 @@ class Baseline(ABC):
         write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
         write_json_atomic(folder / CONFIG_NAME, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "dso_trl_version": __version__,
-            "base_model": self.base_model, "fields": fields, "tensors_sha256": _sha256(folder / WEIGHTS_NAME),
+            "base_model": self.base_model, "fields": fields, "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
         })
 
 
@@ -123,25 +122,11 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
     kinds = Baseline.registry
     folder = Path(path)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: a saved baseline folder holds {CONFIG_NAME} and "
-                                    f"{WEIGHTS_NAME}")
-    try:
-        metadata = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise BaselineError(f"{config_path} is not valid JSON ({error})") from error
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise BaselineError(f"{config_path} is not a dso_trl baseline config (no \"format\": \"{FORMAT}\")")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise BaselineError(f"{config_path} has format_version {metadata['format_version']}; this dso_trl reads up "
-                            f"to {FORMAT_VERSION}: upgrade dso_trl")
+    metadata = read_checked_config(folder, CONFIG_NAME, WEIGHTS_NAME, FORMAT, FORMAT_VERSION, BaselineError,
+                                   "baseline")
     if metadata.get("kind") not in kinds:
         raise BaselineError(f"{config_path}: unknown baseline kind {metadata.get('kind')!r}; known: {sorted(kinds)} "
                             "(import the module that defines it first)")
-    if _sha256(weights_path) != metadata.get("tensors_sha256"):
-        raise BaselineError(f"{weights_path} is corrupted or was changed after saving: its SHA-256 does not match the "
-                            f"one recorded in {CONFIG_NAME}")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
@@ -152,14 +137,6 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
         raise BaselineError(f"{config_path} is malformed: {error!r}") from error
     baseline.base_model = metadata.get("base_model")
     return baseline
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------- sweeping

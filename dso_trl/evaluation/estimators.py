@@ -6,15 +6,15 @@ generates free text and maps it to an option with a parser, as a user would see 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..scoring import batch_inputs, encode_prompts, row_images, row_option_probabilities, tokenizer_of
+from ..scoring import (batch_inputs, encode_prompts, inference, row_images, row_option_probabilities,
+                       tokenizer_of)
 from .metrics import BiasMetrics, compute_metrics
 from .table import ESTIMATORS, ChoiceTable, Estimator, check_rows
 
@@ -68,7 +68,7 @@ def exact_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[Ma
     # Rows of similar length share a batch, so little compute goes to padding; the table keeps the rows' order.
     order = sorted(range(len(rows)), key=lambda i: len(str(rows[i]["prompt"])))
     table = np.zeros((len(rows), max(len(row["options"]) for row in rows)))
-    with _inference(model):
+    with inference(model):
         for start in tqdm(range(0, len(rows), batch_size), desc="exact scoring", disable=not progress):
             index = order[start:start + batch_size]
             probs = row_option_probabilities(model, processing_class, [rows[i] for i in index]).float().cpu()
@@ -90,7 +90,7 @@ def sampled_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[
     counts = np.zeros((len(rows), max(len(r["options"]) for r in rows)))
     unparsed = np.zeros(len(rows))
     device = next(model.parameters()).device
-    with _inference(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with inference(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(rows), batch_size), desc="sampling", disable=not progress):
             chunk = rows[start:start + batch_size]
@@ -109,15 +109,3 @@ def sampled_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[
                 else:
                     counts[row, choice] += 1
     return ChoiceTable.from_rows(rows, counts / num_samples, "sampled", unparsed / num_samples, num_samples)
-
-
-@contextlib.contextmanager
-def _inference(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no graph for the block; the model's training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)

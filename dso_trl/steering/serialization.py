@@ -6,8 +6,6 @@ file, so a truncated or altered file is refused with a clear message instead of 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checksummed import read_checked_config, sha256_file
 from ..atomic import write_atomic, write_json_atomic
 from .config import SteeringConfig
 from .core import SCALE, SHIFT, validate_strength
@@ -29,14 +28,6 @@ WEIGHTS_NAME = "steering.safetensors"
 CONFIG_NAME = "steering_config.json"
 FORMAT = "dso_trl.steering"
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def base_model_info(model: nn.Module) -> dict:
@@ -79,29 +70,13 @@ def save_steering(steering: Steering, path: str | os.PathLike) -> None:
         "nonzero": steering.nonzero(),
         "sparsity": {"kept": int(sum(int(m.sum()) for m in steering.masks.values())),
                      "total": steering.num_parameters()} if steering.masks else None,
-        "tensors_sha256": _sha256(folder / WEIGHTS_NAME),
+        "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
     }
     write_json_atomic(folder / CONFIG_NAME, metadata)
 
 
 def _read_metadata(folder: Path) -> dict:
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} not found: a saved steering folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        metadata = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise SteeringError(f"{config_path} is not valid JSON ({error})") from error
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise SteeringError(f"{config_path} is not a dso_trl steering config (no \"format\": \"{FORMAT}\")")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise SteeringError(f"{config_path} has format_version {metadata['format_version']}; this dso_trl reads "
-                            f"up to {FORMAT_VERSION}: upgrade dso_trl")
-    if _sha256(weights_path) != metadata.get("tensors_sha256"):
-        raise SteeringError(f"{weights_path} is corrupted or was changed after saving: its SHA-256 does not match "
-                            f"the one recorded in {CONFIG_NAME}")
-    return metadata
+    return read_checked_config(folder, CONFIG_NAME, WEIGHTS_NAME, FORMAT, FORMAT_VERSION, SteeringError, "steering")
 
 
 def _check_sites_fit(model: nn.Module, sites: list[Site], source: str) -> None:
