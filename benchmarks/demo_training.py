@@ -35,7 +35,7 @@ def one_run(max_steps: int) -> dict:
 
     args = DemoArguments(max_steps=max_steps, progress=False)
     model, tokenizer = load_smollm2()
-    train_rows, _ = demo_data(args)
+    train_rows, _ = demo_data(args, tokenizer)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, seconds = train_demo(model, tokenizer, train_rows, args, output_dir)
     return {"train_seconds": seconds, "steps": trainer.state.global_step,

@@ -2,8 +2,9 @@
 
 Measure the base model's bias and capability on **held-out** templates and names, train a steering with the exact
 estimator, measure again across a λ grid, and write everything a reader needs to check the claim: the steering folder,
-`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card (`steering/README.md`). The recipe (`demo_training_config`) is the one
-measured on SmolLM2-135M-Instruct: POB 27.8 → 3.5 with unambiguous accuracy kept (README, "On SmolLM2").
+`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card (`steering/README.md`). The recipe
+(`demo_training_config`) is the one measured on SmolLM2-135M-Instruct: POB 27.8 → 4.0 with unambiguous accuracy kept
+(README, "On SmolLM2").
 """
 
 from __future__ import annotations
@@ -63,15 +64,27 @@ class DemoArguments:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-def demo_data(args: DemoArguments) -> tuple[Dataset, dict[str, list[dict]]]:
+def demo_data(args: DemoArguments, processing_class: Any) -> tuple[Dataset, dict[str, list[dict]]]:
     """The training rows (pronoun, plus SynthBias when given) and each task's held-out test rows."""
     sizes = dict(seed=args.seed, n_train=args.n_train, n_train_unambiguous=args.n_train, n_test=args.n_test,
                  n_test_unambiguous=args.n_test)
     tasks = {"pronoun": load_task("pronoun", **sizes)}
     if args.synthbias:
         tasks["synthbias"] = load_task("synthbias", path=args.synthbias, **sizes)
-    train = concatenate_datasets([task["train"] for task in tasks.values()]).shuffle(seed=args.seed)
-    return train, {name: list(task["test"]) for name, task in tasks.items()}
+    train = [as_text_prompts(task["train"], processing_class) for task in tasks.values()]
+    test = {name: list(task["test"]) for name, task in tasks.items()}
+    return concatenate_datasets(train).shuffle(seed=args.seed), test
+
+
+def as_text_prompts(rows: Dataset, processing_class: Any) -> Dataset:
+    """Chat prompts rendered to plain text by the chat template, as TRL renders them, so that SynthBias's questions
+    and the pronoun task's plain continuations share one training set (a dataset column holds one type)."""
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    if not is_conversational(rows[0]):
+        return rows
+    render = lambda row: {"prompt": apply_chat_template({"prompt": row["prompt"]}, processing_class)["prompt"]}  # noqa: E731
+    return rows.map(render, remove_columns=["prompt"])
 
 
 def demo_training_config(args: DemoArguments, output_dir: str | Path):
@@ -119,7 +132,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Run the whole demo and return what it writes to `<output_dir>/metrics.json`."""
     output_dir = Path(args.output_dir)
     model, processing_class = load_model(args.model)
-    train_rows, test_rows = demo_data(args)
+    train_rows, test_rows = demo_data(args, processing_class)
     config = EvaluationConfig(progress=args.progress)
     say = print if args.progress else (lambda *a, **k: None)
     say(f"Measuring the base model on held-out wording ({', '.join(test_rows)}) ...")
@@ -157,7 +170,8 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     write_json_atomic(output_dir / METRICS_JSON, metrics)
     write_model_card(output_dir / "steering", base_model=metrics["model"], task=", ".join(test_rows),
                      rewards=["dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward"],
-                     strength=1.0, training_steps=metrics["steps"], trainable_parameters=metrics["trainable_parameters"],
+                     strength=1.0, training_steps=metrics["steps"],
+                     trainable_parameters=metrics["trainable_parameters"],
                      trainable_fraction=metrics["fraction_of_model"], sweep=sweeps["pronoun"],
                      data=f"{len(train_rows)} training rows; evaluated on {metrics['evaluation']['split']}",
                      details={"estimator": "exact", "learning rate": f"{args.learning_rate:g}",

@@ -135,3 +135,17 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
 def test_bad_arguments_are_refused_by_name(argv, message, model_dir):
     with pytest.raises((SystemExit, ValueError), match=message):
         main([argv[0], "--model", model_dir, *argv[1:]])
+
+
+def test_demo_with_synthbias_trains_and_evaluates_both_tasks(model_dir, tmp_path):
+    from test_tasks import SYNTHBIAS
+
+    if not SYNTHBIAS.is_file():
+        pytest.skip(f"SynthBias not found at {SYNTHBIAS}")
+    main(["demo", "--model", model_dir, "--synthbias", str(SYNTHBIAS), "--output_dir", str(tmp_path), "--max_steps",
+          "1", "--batch_size", "8", "--n_train", "8", "--n_test", "8", "--strengths", "0", "1", "--no_progress"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"pronoun", "synthbias"}
+    assert metrics["evaluation"]["rows"] == {"pronoun": 16, "synthbias": 16}
+    assert metrics["tasks"]["synthbias"]["sweep"][0]["pob"] == metrics["tasks"]["synthbias"]["base"]["pob"]
+    assert (tmp_path / "synthbias" / "sweep.json").is_file() and (tmp_path / "synthbias" / "pareto.png").is_file()
