@@ -8,12 +8,9 @@ import it themselves.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from datasets import DatasetDict
 from transformers import AutoProcessor
@@ -22,8 +19,9 @@ from trl.trainer.utils import create_model_from_path
 
 from dso_trl import DSOConfig, DSOTrainer
 from dso_trl.evaluation import EvaluationConfig, Sweep, run_sweep
+from dso_trl.dotted import import_object
 from dso_trl.model_card import write_model_card
-from dso_trl.rewards.common import load_reward_funcs as _load_reward_funcs
+from dso_trl.rewards.common import load_reward_funcs
 from dso_trl.tasks import parse_choice
 
 DEFAULT_REWARDS = ("dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward")
@@ -77,31 +75,6 @@ class DSOScriptArguments(ScriptArguments):
 
 def make_recipe_parser(script_class: type[DSOScriptArguments]) -> TrlParser:
     return TrlParser((script_class, DSOConfig, ModelConfig))
-
-
-def import_object(path: str, what: str) -> Any:
-    """The object at dotted `path` (`package.module.name`); the current directory is importable, as in TRL's
-    scripts, so a local `my_rewards.py` works."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name or not name:
-        raise ValueError(f"{what} {path!r} is not a dotted import path such as dso_trl.rewards.GenderParityReward")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r} of {what} {path!r}: {error}") from error
-    if not hasattr(module, name):
-        raise ValueError(f"module {module_name!r} has no {name!r} ({what} {path!r})")
-    return getattr(module, name)
-
-
-def load_reward_funcs(paths: list[str]) -> list[Callable]:
-    """Reward callables from dotted paths (dso_trl.rewards.common.load_reward_funcs: classes are instantiated without
-    arguments, functions used as they are); as in TRL's scripts, modules in the current directory are importable."""
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    return _load_reward_funcs(paths)
 
 
 def check_arguments(script_args: DSOScriptArguments, model_args: ModelConfig) -> None:

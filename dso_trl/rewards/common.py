@@ -51,21 +51,19 @@ def stereotype_label(choice: int | None, row: dict) -> Label:
 
 
 def load_reward_funcs(paths: list[str]) -> list[Callable]:
-    """Reward callables from dotted paths (`package.module.Name`): a class is instantiated without arguments, a
-    function is used as it is. Used by the `dso-trl train` command and the recipes (`--reward_funcs`)."""
-    import importlib
+    """Reward callables from dotted paths (`package.module.Name`, the current directory importable): a class is
+    instantiated without arguments, a function is used as it is. Used by `dso-trl train` and the recipes
+    (`--reward_funcs`)."""
     import inspect
+
+    from ..dotted import import_object
 
     if not paths:
         raise ValueError("give at least one reward function, e.g. dso_trl.rewards.GenderParityReward")
     funcs = []
     for path in paths:
-        module_name, _, name = path.rpartition(".")
-        try:
-            target = getattr(importlib.import_module(module_name), name) if module_name else None
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"cannot import reward function {path!r}: {error}") from error
-        if target is None or not callable(target):
-            raise ValueError(f"reward function {path!r} is not a dotted path to a callable or a class")
+        target = import_object(path, "reward function")
+        if not callable(target):
+            raise ValueError(f"reward function {path!r} is not a callable or a class")
         funcs.append(target() if inspect.isclass(target) else target)
     return funcs
