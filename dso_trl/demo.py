@@ -21,6 +21,7 @@ from .atomic import write_json_atomic
 from .evaluation import BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts, run_sweep
 from .model_card import write_model_card
 from .models import load_model
+from .tracking import base_and_steered
 from .tasks import load_task
 
 METRICS_JSON = "metrics.json"
@@ -155,7 +156,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
             log_sweep(sweep, {kind: folder / file for kind, file in PLOTS.items()}, prefix=f"demo/{name}",
                       finish=False)
-        full = max(sweep.points, key=lambda p: p.strength)
+        _, full = base_and_steered(sweep)  # the largest λ: the rule the model card and W&B use too
         tasks[name] = {"base": headline(base[name]), "steered": {**headline(full.metrics), "strength": full.strength},
                        "sweep": sweep_records(sweep)}
     steering.set_strength(1.0)
