@@ -269,20 +269,13 @@ def smoke_model_and_tokenizer(task, seed: int = 0):
 
 def load_model(opts: Options, task):
     """(model, tokenizer, name) for the options: the smoke model, a local folder, or SmolLM2."""
-    import torch
-
     if opts.smoke:
         model, tokenizer = smoke_model_and_tokenizer(task)
         return model, tokenizer, "tiny random Llama (smoke)"
-    if opts.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from dso_trl.models import SMOLLM2_ID, load_model as load_local_or_smollm2
 
-        model = AutoModelForCausalLM.from_pretrained(opts.model, dtype=torch.float32).eval()
-        return model, AutoTokenizer.from_pretrained(opts.model), opts.model
-    from dso_trl.models import SMOLLM2_ID, load_smollm2
-
-    model, tokenizer = load_smollm2()
-    return model, tokenizer, SMOLLM2_ID
+    model, tokenizer = load_local_or_smollm2(opts.model)  # fp32, eval mode
+    return model, tokenizer, opts.model or SMOLLM2_ID
 
 
 # ---------------------------------------------------------------------------------------------------------- evaluation
