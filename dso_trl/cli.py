@@ -72,7 +72,16 @@ class EvaluationArguments(TaskArguments):
     )
     num_samples: int = field(default=16, metadata={"help": "Sampled estimator: completions per row."})
     batch_size: int = field(default=32, metadata={"help": "Rows per forward pass."})
-    kl: bool = field(default=True, metadata={"help": "Also KL(steered ‖ base) on bundled neutral text."})
+    capability: bool = field(
+        default=True,
+        metadata={"help": "Also measure what the steering changes outside the task, against the base model: KL and "
+                  "perplexity ratio on held-out general prose, and answers to real MMLU questions."},
+    )
+    capability_texts: str | None = field(
+        default=None,
+        metadata={"help": "A UTF-8 file of your own prose (passages separated by blank lines) for the text KL and "
+                  "perplexity figures. Default: held-out paragraphs of Python's documentation (pydoc_data)."},
+    )
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where metrics.json goes."})
     report_to: str = field(default="none", metadata={"help": "`wandb`: also log to Weights & Biases.",
                                                      "choices": ["none", "wandb"]})
@@ -171,19 +180,31 @@ def _evaluation_config(args: EvaluationArguments):
     return EvaluationConfig(estimator=args.estimator, batch_size=args.batch_size, num_samples=args.num_samples)
 
 
+def _capability_suite(args: EvaluationArguments, processing_class: Any):
+    """The capability suite the options ask for, or None with `--no_capability`."""
+    from .evaluation import CapabilitySuite
+    from .evaluation.capability import read_texts
+
+    if not args.capability:
+        return None
+    return CapabilitySuite(processing_class,
+                           texts=read_texts(args.capability_texts) if args.capability_texts else None)
+
+
 def _evaluate(argv: list[str]) -> None:
     from .atomic import write_json_atomic
-    from .evaluation import evaluate, neutral_texts, steering_kl
+    from .evaluation import evaluate
     from .tasks import parse_choice
 
     (args,) = _parse("evaluate", (EvaluationArguments,), argv)
     steering, processing_class = _steered(args)
     rows = list(args.load_split("test"))
     metrics = evaluate(steering.model, processing_class, rows, _evaluation_config(args), parse_choice)
-    kl = steering_kl(steering, processing_class, neutral_texts()) if args.kl and args.steering else None
+    suite = _capability_suite(args, processing_class) if args.steering else None
+    capability = suite.measure(steering).to_dict() if suite is not None else None
     result = {"model": steering.model.config._name_or_path, "steering": args.steering,
-              "strength": steering.strength if args.steering else None, "task": args.task, "kl": kl,
-              **metrics.to_dict()}
+              "strength": steering.strength if args.steering else None, "task": args.task,
+              "capability": capability, **metrics.to_dict()}
     path = Path(args.output_dir) / "metrics.json"
     write_json_atomic(path, result)
     if args.report_to == "wandb":
@@ -194,13 +215,14 @@ def _evaluate(argv: list[str]) -> None:
         run.summary.update({f"evaluate/{key}": value for key, value in result.items()
                             if isinstance(value, (int, float)) and not isinstance(value, bool)})
         run.finish()
-    kl_text = f"  KL {kl:.4f}" if kl is not None else ""
+    outside = (f"  text KL {capability['text_kl']:.4f}  perplexity ×{capability['perplexity_ratio']:.3f}  "
+               f"MMLU agreement {capability['mmlu_agreement']:.1f}%" if capability else "")
     print(f"POB {metrics.pob:.1f}  unambiguous accuracy {metrics.unambiguous_accuracy:.1f}  "
-          f"don't know {metrics.dont_know_ambiguous:.1f}{kl_text}  -> {path}")
+          f"don't know {metrics.dont_know_ambiguous:.1f}{outside}  -> {path}")
 
 
 def _sweep(argv: list[str]) -> None:
-    from .evaluation import neutral_texts, run_sweep
+    from .evaluation import run_sweep
     from .tasks import parse_choice
 
     (args,) = _parse("sweep", (SweepArguments,), argv)
@@ -211,7 +233,8 @@ def _sweep(argv: list[str]) -> None:
         raise SystemExit(f"unknown baseline(s) {unknown}: choose from {', '.join(BASELINES)}")
     steering, processing_class = _steered(args)
     rows = list(args.load_split("test"))
-    config, kl_texts = _evaluation_config(args), neutral_texts() if args.kl else None
+    config, suite = _evaluation_config(args), _capability_suite(args, processing_class)
+    kl_texts = suite.texts if suite is not None else None
     baselines = []
     if args.baselines:
         from .baselines import sweep_baseline
@@ -223,7 +246,7 @@ def _sweep(argv: list[str]) -> None:
                 baselines.append(sweep_baseline(baseline, steering.model, processing_class, rows, config=config,
                                                 parser=parse_choice, kl_texts=kl_texts))
     sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, keep_fractions=args.keep_fractions,
-                      config=config, parser=parse_choice, kl_texts=kl_texts, baselines=baselines,
+                      config=config, parser=parse_choice, capability=suite, baselines=baselines,
                       output_dir=args.output_dir)
     if args.report_to == "wandb":
         from .evaluation.plots import PLOTS
@@ -232,8 +255,11 @@ def _sweep(argv: list[str]) -> None:
         log_sweep(sweep, {kind: Path(args.output_dir) / file for kind, file in PLOTS.items()},
                   config={"model": steering.model.config._name_or_path, "steering": args.steering, "task": args.task})
     for point in sweep.points:
+        c = point.capability
+        outside = (f"  text KL {c.text_kl:.4f}  perplexity ×{c.perplexity_ratio:.3f}  MMLU agreement "
+                   f"{c.mmlu_agreement:.1f}%" if c is not None else "")
         print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {point.metrics.pob:.1f}  "
-              f"accuracy {point.metrics.unambiguous_accuracy:.1f}")
+              f"accuracy {point.metrics.unambiguous_accuracy:.1f}{outside}")
     for baseline in baselines:
         for point in baseline["points"]:
             print(f"{baseline['name']} {point['strength']:g}  POB {point['pob']:.1f}  "
