@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, create_model_from_path
 
@@ -29,8 +30,10 @@ from .checkpoint import (
 )
 from .config import DSOConfig
 from .exact import exact_terms, option_kl
+from .resume import resolve_resume
 
 TRAINING_ARGS_JSON = "training_args.json"
+logger = logging.get_logger(__name__)
 
 
 class _SteeringDisabledPolicy(nn.Module):
@@ -240,6 +243,13 @@ class DSOTrainer(GRPOTrainer):
         save_tree(Path(output_dir), f"rng_state_{self.args.process_index}", rng_state())
 
     # ------------------------------------------------------------------ resuming
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, where `resume_from_checkpoint=True` picks the latest *complete* checkpoint (see
+        `dso_trl.trainer.resume`) and a named one is checked before anything loads."""
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir,
+                                                clean=self.args.should_save, say=logger.warning)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         try:
             load_values(self.steering, resume_from_checkpoint)
