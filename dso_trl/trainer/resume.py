@@ -40,6 +40,8 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
 def incomplete_reason(checkpoint: str | Path) -> str | None:
     """Why `checkpoint` cannot be resumed from, or None when it is complete."""
     folder = Path(checkpoint)
+    if not folder.exists():
+        return "does not exist"
     if not folder.is_dir():
         return "is not a folder"
     state_path = folder / TRAINER_STATE
