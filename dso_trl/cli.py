@@ -2,10 +2,18 @@
 
 Each command's options are a dataclass parsed by TRL's `TrlParser`, so every option has a `--help` line and can also
 come from a YAML file (`--config file.yaml`); `train` takes every `DSOConfig` (hence `GRPOConfig`) option too.
+
+A user error (a missing file, a bad option or CSV, a steering saved for another model, an unreadable checkpoint)
+prints one line and exits with status 1; `--debug` (or `DSO_TRL_DEBUG=1`) shows its traceback. Every check that
+needs no model runs before the model loads.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +27,17 @@ COMMANDS = {
     "evaluate": "Bias and accuracy of a model, steered (--steering DIR, --strength λ) or not; writes metrics.json.",
     "sweep": "Evaluate a steering over a λ grid (and sparsities), with baselines; writes sweep.json/.csv and plots.",
 }
+
+
+DEBUG_ENV = "DSO_TRL_DEBUG"
+# Errors a user can act on: one line without a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, ImportError)
+# `dso-trl train` defaults to the README's recipe (the demo's): GRPOConfig's own defaults (sampled estimator,
+# 512-token completions) make a one-word answer cost minutes per step on a CPU. `max_completion_length` None is the
+# task's longest answer.
+TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=1e-3, per_device_train_batch_size=32, num_generations=2,
+                      max_steps=60, scale_rewards="none", gradient_checkpointing=False, max_completion_length=None,
+                      output_dir="outputs/train", logging_steps=10, save_steps=20)
 
 
 @dataclass
@@ -116,14 +135,22 @@ class TrainArguments(TaskArguments):
         default_factory=lambda: ["dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward"],
         metadata={"help": "Reward callables by dotted path; classes are instantiated without arguments."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds checkpoints (they are removed first); without it "
+                  "such a run is refused, and --resume_from_checkpoint continues it."},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         usage = "usage: dso-trl {" + ",".join(COMMANDS) + "} [options]   (dso-trl COMMAND --help for its options)\n\n"
         usage += "\n".join(f"  {name:{width}}  {text}" for name, text in COMMANDS.items())
+        usage += f"\n\n--debug (or {DEBUG_ENV}=1) shows the traceback of an error."
         if argv and argv[0] not in ("-h", "--help"):
             raise SystemExit(f"dso-trl: unknown command {argv[0]!r}\n\n{usage}")
         print(usage)
@@ -131,14 +158,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     handlers: dict[str, Callable[[list[str]], None]] = {"demo": _demo, "train": _train, "evaluate": _evaluate,
                                                         "sweep": _sweep}
-    handlers[command](rest)
+    try:
+        handlers[command](rest)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise SystemExit(f"dso-trl {command}: error: {message} (--debug shows the traceback)") from error
 
 
-def _parse(command: str, types: tuple, argv: list[str]) -> tuple:
+def _parse(command: str, types: tuple, argv: list[str], defaults: dict[str, Any] | None = None,
+           description: str = "") -> tuple:
     from trl import TrlParser
 
-    parser = TrlParser(types, prog=f"dso-trl {command}", description=COMMANDS[command])
-    return parser.parse_args_and_config(argv)
+    class Parser(TrlParser):
+        def error(self, message: str):  # argparse prints the whole usage (a hundred lines for train) first
+            self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+    parser = Parser(types, prog=f"dso-trl {command}", description=f"{COMMANDS[command]} {description}".strip())
+    for action in parser._actions:  # `--no_x` is `--x false`: one help entry per option
+        if action.option_strings and all(option.startswith(("--no_", "--no-")) for option in action.option_strings):
+            action.help = argparse.SUPPRESS
+    parser.set_defaults(**(defaults or {}))
+    *parsed, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return tuple(parsed)
+
+
+def points(value: float | None) -> str:
+    """A figure in points for the terminal: one decimal, or "n/a" where it is undefined (e.g. no such rows)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1f}"
 
 
 def _demo(argv: list[str]) -> None:
@@ -152,22 +202,55 @@ def _train(argv: list[str]) -> None:
     from .models import load_model
     from .rewards.common import load_reward_funcs
     from .trainer import DSOConfig, DSOTrainer
+    from .trainer.resume import checkpoints, refuse_overwrite, resolve_resume
 
-    args, config = _parse("train", (TrainArguments, DSOConfig), argv)
-    model, processing_class = load_model(args.model)
+    recipe = " ".join(f"--{k} {v}" for k, v in TRAIN_DEFAULTS.items() if v is not None)
+    args, config = _parse("train", (TrainArguments, DSOConfig), argv, TRAIN_DEFAULTS,
+                          f"Defaults (the README's recipe): {recipe}; --max_completion_length: the task's longest "
+                          "answer.")
+    # everything that needs no model first: a mistake costs seconds, not a model load
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    if resume is None and args.overwrite_output_dir:
+        if config.should_save:
+            for folder in checkpoints(config.output_dir):
+                shutil.rmtree(folder)
+    elif resume is None:
+        refuse_overwrite(config.output_dir)
+    reward_funcs = load_reward_funcs(args.reward_funcs)
     rows = args.load_split("train", n_train=args.n_train, n_train_unambiguous=args.n_train_unambiguous)
-    trainer = DSOTrainer(model, load_reward_funcs(args.reward_funcs), args=config, train_dataset=rows,
-                         processing_class=processing_class)
-    trainer.train()
-    trainer.save_model(str(Path(config.output_dir) / "steering"))
-    print(f"steering saved to {Path(config.output_dir) / 'steering'}")
+    model, processing_class = load_model(args.model)
+    if config.max_completion_length is None:
+        config.max_completion_length = _longest_answer_tokens(rows, processing_class)
+    trainer = DSOTrainer(model, reward_funcs, args=config, train_dataset=rows, processing_class=processing_class)
+    trainer.train(resume_from_checkpoint=resume)
+    steering_dir = Path(config.output_dir) / "steering"
+    trainer.save_model(str(steering_dir))
+    if config.should_save:
+        print(f"steering and its model card saved to {steering_dir} (after {trainer.state.global_step} steps)")
+
+
+def _longest_answer_tokens(rows, processing_class) -> int:
+    """Tokens of the longest answer option of `rows`: all a sampled completion needs to say on a closed-choice task."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    answers = {text for row in rows for text in row["option_completions"]}
+    return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in answers)
+
+
+def _check_steering(args: EvaluationArguments) -> None:
+    """The checks of `--strength` and `--steering` that need no model."""
+    from .steering import validate_strength
+    from .steering.serialization import CONFIG_NAME
+
+    validate_strength(args.strength)
+    if args.steering and not (Path(args.steering) / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{args.steering} is not a steering folder (it has no {CONFIG_NAME}): give one written "
+                                "by `dso-trl train` (<output_dir>/steering) or Steering.save_pretrained")
 
 
 def _steered(args: EvaluationArguments):
     from .models import load_model
-    from .steering import Steering, validate_strength
+    from .steering import Steering
 
-    validate_strength(args.strength)
     model, processing_class = load_model(args.model)
     steering = Steering.from_pretrained(model, args.steering) if args.steering else Steering.attach(model)
     steering.set_strength(args.strength if args.steering else 0.0)
@@ -180,15 +263,18 @@ def _evaluation_config(args: EvaluationArguments):
     return EvaluationConfig(estimator=args.estimator, batch_size=args.batch_size, num_samples=args.num_samples)
 
 
-def _capability_suite(args: EvaluationArguments, processing_class: Any):
-    """The capability suite the options ask for, or None with `--no_capability`."""
-    from .evaluation import CapabilitySuite
+def _capability_texts(args: EvaluationArguments) -> list[str] | None:
+    """`--capability_texts`, read before the model loads so a bad path fails at once."""
     from .evaluation.capability import read_texts
 
-    if not args.capability:
-        return None
-    return CapabilitySuite(processing_class,
-                           texts=read_texts(args.capability_texts) if args.capability_texts else None)
+    return read_texts(args.capability_texts) if args.capability and args.capability_texts else None
+
+
+def _capability_suite(args: EvaluationArguments, processing_class: Any, texts: list[str] | None):
+    """The capability suite the options ask for, or None with `--no_capability`."""
+    from .evaluation import CapabilitySuite
+
+    return CapabilitySuite(processing_class, texts=texts) if args.capability else None
 
 
 def _evaluate(argv: list[str]) -> None:
@@ -197,10 +283,12 @@ def _evaluate(argv: list[str]) -> None:
     from .tasks import parse_choice
 
     (args,) = _parse("evaluate", (EvaluationArguments,), argv)
-    steering, processing_class = _steered(args)
+    _check_steering(args)
     rows = list(args.load_split("test"))
+    texts = _capability_texts(args)
+    steering, processing_class = _steered(args)
     metrics = evaluate(steering.model, processing_class, rows, _evaluation_config(args), parse_choice)
-    suite = _capability_suite(args, processing_class) if args.steering else None
+    suite = _capability_suite(args, processing_class, texts) if args.steering else None
     capability = suite.measure(steering).to_dict() if suite is not None else None
     result = {"model": steering.model.config._name_or_path, "steering": args.steering,
               "strength": steering.strength if args.steering else None, "task": args.task,
@@ -217,8 +305,8 @@ def _evaluate(argv: list[str]) -> None:
         run.finish()
     outside = (f"  text KL {capability['text_kl']:.4f}  perplexity ×{capability['perplexity_ratio']:.3f}  "
                f"MMLU agreement {capability['mmlu_agreement']:.1f}%" if capability else "")
-    print(f"POB {metrics.pob:.1f}  unambiguous accuracy {metrics.unambiguous_accuracy:.1f}  "
-          f"don't know {metrics.dont_know_ambiguous:.1f}{outside}  -> {path}")
+    print(f"POB {points(metrics.pob)}  unambiguous accuracy {points(metrics.unambiguous_accuracy)}  "
+          f"don't know {points(metrics.dont_know_ambiguous)}{outside}  -> {path}")
 
 
 def _sweep(argv: list[str]) -> None:
@@ -231,15 +319,17 @@ def _sweep(argv: list[str]) -> None:
     unknown = sorted(set(args.baselines) - set(BASELINES))
     if unknown:
         raise SystemExit(f"unknown baseline(s) {unknown}: choose from {', '.join(BASELINES)}")
-    steering, processing_class = _steered(args)
+    _check_steering(args)
     rows = list(args.load_split("test"))
-    config, suite = _evaluation_config(args), _capability_suite(args, processing_class)
+    fit_rows = list(args.load_split("train", n_train=args.n_fit, n_train_unambiguous=0)) if args.baselines else []
+    texts = _capability_texts(args)
+    steering, processing_class = _steered(args)
+    config, suite = _evaluation_config(args), _capability_suite(args, processing_class, texts)
     kl_texts = suite.texts if suite is not None else None
     baselines = []
     if args.baselines:
         from .baselines import sweep_baseline
 
-        fit_rows = list(args.load_split("train", n_train=args.n_fit, n_train_unambiguous=0))
         with steering.disabled():  # baselines act on the base model
             for name in args.baselines:
                 baseline = _fit_baseline(name, steering.model, processing_class, fit_rows)
@@ -258,12 +348,12 @@ def _sweep(argv: list[str]) -> None:
         c = point.capability
         outside = (f"  text KL {c.text_kl:.4f}  perplexity ×{c.perplexity_ratio:.3f}  MMLU agreement "
                    f"{c.mmlu_agreement:.1f}%" if c is not None else "")
-        print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {point.metrics.pob:.1f}  "
-              f"accuracy {point.metrics.unambiguous_accuracy:.1f}{outside}")
+        print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {points(point.metrics.pob)}  "
+              f"accuracy {points(point.metrics.unambiguous_accuracy)}{outside}")
     for baseline in baselines:
         for point in baseline["points"]:
-            print(f"{baseline['name']} {point['strength']:g}  POB {point['pob']:.1f}  "
-                  f"accuracy {point['unambiguous_accuracy']:.1f}")
+            print(f"{baseline['name']} {point['strength']:g}  POB {points(point['pob'])}  "
+                  f"accuracy {points(point['unambiguous_accuracy'])}")
     print(f"sweep written to {args.output_dir}")
 
 

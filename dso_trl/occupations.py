@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from .csv_records import NumberedReader
+
 Gender = Literal["male", "female"]
 
 __all__ = [
@@ -76,7 +78,7 @@ def load_occupation_table(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"occupation table not found: {path}")
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+        reader = NumberedReader(handle)
         missing = {"occupation", "share_women"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need occupation,share_women")
@@ -85,7 +87,7 @@ def load_occupation_table(path: str | os.PathLike) -> list[str]:
             try:
                 entries.append((row["occupation"], _checked(row["occupation"], row["share_women"])))
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{path} line {reader.line_num}: {error}") from error
+                raise ValueError(f"{path} {reader.where}: {error}") from error
     for name, share in entries:
         register_occupation(name, share)
     return [name for name, _ in entries]

@@ -86,7 +86,7 @@ def random_table(seed: int = 0, per_occupation: int = 12) -> ChoiceTable:
 def test_bootstrap_intervals_are_seeded_and_match_the_analytic_width():
     table = random_table()
     result = compute_metrics(table, n_boot=4000, seed=3)
-    for name in ("pob", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous"):
+    for name in ("pob_debiased", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous"):
         low, high = result.intervals[name]
         assert low < getattr(result, name) < high, name
     # accuracy is a stratified mean: its bootstrap variance is Σ_s n_s·var_s / N² (population variance per stratum)
@@ -107,7 +107,8 @@ def test_bootstrap_intervals_are_seeded_and_match_the_analytic_width():
 def test_bootstrap_resamples_within_occupation_and_row_kind():
     """The doctor and farmer strata are single rows and both nurse rows have bias .4: no resample can move POB."""
     result = compute_metrics(ChoiceTable.from_rows(HAND_ROWS, HAND_PROBS, "exact"), n_boot=200)
-    assert result.intervals["pob"] == pytest.approx((result.pob, result.pob))
+    assert result.intervals["pob_debiased"] == pytest.approx((result.pob, result.pob))
+    assert result.pob_debiased == pytest.approx(result.pob)
     low, high = result.intervals["dont_know_ambiguous"]  # the nurse rows differ in their don't-know mass
     assert low < result.dont_know_ambiguous < high
 
@@ -187,10 +188,55 @@ def test_exact_and_sampled_estimators_agree(tokenizer):
     p = exact.probabilities
     assert np.all(np.abs(sampled.probabilities - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-9)
     from_samples, from_exact = compute_metrics(sampled, n_boot=1000), compute_metrics(exact, n_boot=1000)
-    for name in ("pob", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous"):
+    for name in ("pob_debiased", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous"):
         low, high = from_samples.intervals[name]
         assert low <= getattr(from_exact, name) <= high, name
         assert getattr(from_samples, name) == pytest.approx(getattr(from_exact, name), abs=4.0), name
+
+
+def random_schema_table(rng: np.random.Generator) -> ChoiceTable:
+    """1-6 occupations of 1-6 rows, with or without "don't know", exact or sampled; rows near-uniform (POB near 0),
+    spread, or certain (no spread at all)."""
+    k = int(rng.integers(2, 4))
+    rows, probabilities = [], []
+    for o in range(int(rng.integers(1, 7))):
+        for _ in range(int(rng.integers(1, 7))):
+            ambiguous = bool(rng.random() < 0.6)
+            stereotype = int(rng.integers(0, 2)) if ambiguous and rng.random() < 0.9 else -1
+            rows.append(row(f"job{o}", ambiguous, answer=-1 if ambiguous else int(rng.integers(0, 2)),
+                            stereotype=stereotype, dont_know=2 if k == 3 else -1,
+                            completions=(" he", " she", " nurse")[:k]))
+            kind = rng.integers(0, 3)
+            probabilities.append(np.full(k, 1 / k) + rng.normal(0, 0.01, k) if kind == 0 else
+                                 rng.dirichlet(np.full(k, 0.3)) if kind == 1 else np.eye(k)[rng.integers(0, k)])
+    probabilities = np.clip(probabilities, 0, None)
+    probabilities /= probabilities.sum(1, keepdims=True)
+    if rng.random() < 0.3:
+        counts = rng.multinomial(4, np.concatenate([0.8 * probabilities, np.full((len(rows), 1), 0.2)], axis=1))
+        return ChoiceTable.from_rows(rows, counts[:, :-1] / 4, "sampled", counts[:, -1] / 4, num_samples=4)
+    return ChoiceTable.from_rows(rows, probabilities, "exact")
+
+
+def test_every_interval_contains_its_point_estimate():
+    """Over many random tables, near-zero POB included (where a percentile interval of POB lies above POB)."""
+    rng = np.random.default_rng(0)
+    for t in range(150):
+        metrics = compute_metrics(random_schema_table(rng), n_boot=100, seed=t)
+        assert "pob" not in metrics.intervals  # plain POB is biased upward: its interval is the corrected one's
+        for name, (low, high) in metrics.intervals.items():
+            value = getattr(metrics, name)
+            assert math.isnan(value) or low <= value <= high, (t, name, low, value, high)
+
+
+def test_near_zero_bias_is_corrected_downward_and_its_interval_holds_it():
+    """40 occupations of 10 rows of pure noise around 50/50: plain POB is all bias; the corrected one is lower and its
+    interval contains it (it does not reach the truth, 0: see benchmarks/interval_coverage.py)."""
+    rng = np.random.default_rng(1)
+    rows = [row(f"job{o}", True, stereotype=0, completions=(" he", " she")) for o in range(40) for _ in range(10)]
+    pro = 1 / (1 + np.exp(-rng.normal(0, 1, len(rows))))
+    metrics = compute_metrics(ChoiceTable.from_rows(rows, np.stack([pro, 1 - pro], 1), "exact"), n_boot=500)
+    low, high = metrics.intervals["pob_debiased"]
+    assert 0 <= low <= metrics.pob_debiased <= high and metrics.pob_debiased < metrics.pob
 
 
 def test_sampled_intervals_include_sampling_noise():

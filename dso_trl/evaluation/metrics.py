@@ -18,11 +18,24 @@ Every figure is in points (0-100). On an ambiguous row with a stereotypical opti
   is the right answer) and unambiguous ones (where it is a refusal).
 * Unparsed rate (`sampled` only): mean share of samples no option could be parsed from.
 
-Confidence intervals: percentile intervals of a seeded bootstrap that resamples rows with replacement within each
-stratum (occupation × row kind: scored ambiguous, other ambiguous, unambiguous), so every resample keeps each
-occupation's row counts; for a `sampled` table each resampled row also redraws its `num_samples` answers from its
-observed shares, so the intervals include the sampling noise (a stratum of one row otherwise has no spread). The
-figures of a resample are computed by the same code as the point estimates.
+Confidence intervals come from a seeded bootstrap that resamples rows with replacement within each stratum
+(occupation × row kind: scored ambiguous, other ambiguous, unambiguous), so every resample keeps each occupation's row
+counts; for a `sampled` table each resampled row also redraws its `num_samples` answers from its observed shares, so
+the intervals include the sampling noise (a stratum of one row otherwise has no spread). The figures of a resample
+are computed by the same code as the point estimates.
+
+Why *basic* (reverse-percentile) intervals, and a bias-corrected POB: POB is a mean of absolute values, so noise
+inflates it, and a resample's POB is inflated again, by about as much. A percentile interval of the resamples is then
+shifted upward by that bias and can exclude the estimate altogether (held-out POB 4.0 with a "95%" interval
+[4.3, 6.8] on SmolLM2). The basic interval uses the bootstrap the other way round: the error of the estimate, θ̂ − θ,
+is taken to be distributed like θ* − θ̂, which gives [2θ̂ − q(1 − α/2), 2θ̂ − q(α/2)] and so subtracts the bias instead
+of adding it. Under the same assumption the median-unbiased estimate of θ is θ̂ − (median θ* − θ̂): that is
+`pob_debiased`, and its interval is `intervals["pob_debiased"]`, which contains it by construction (the median lies
+between the two quantiles). `pob` itself stays the plain plug-in figure, the paper's definition, comparable across
+papers; it gets no interval of its own, because an interval that corrects the bias does not have to contain it. The
+other headline figures are (stratified) means, which the bootstrap does not bias, and they get the basic interval
+around their plain estimate. Bounds are clipped to a figure's range (POB ≥ 0, percentages ≤ 100).
+`benchmarks/interval_coverage.py` checks the coverage by simulation (docs/images/interval_coverage.png).
 """
 
 from __future__ import annotations
@@ -35,7 +48,10 @@ import numpy as np
 
 from .table import ChoiceTable
 
-HEADLINE = ("pob", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous")
+HEADLINE = ("pob", "pob_debiased", "stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous")
+# The range of each figure with an interval, in points: bounds are clipped to it.
+RANGES = {"pob_debiased": (0.0, 100.0), "stereotype_gap": (-100.0, 100.0), "unambiguous_accuracy": (0.0, 100.0),
+          "dont_know_ambiguous": (0.0, 100.0)}
 # Per-row columns whose sums per occupation define every figure.
 COLUMNS = ("scored", "pro", "anti", "unambiguous", "gold", "dk_amb_offered", "dk_amb", "dk_unamb_offered", "dk_unamb",
            "rows", "unparsed")
@@ -74,6 +90,7 @@ class BiasMetrics:
     confidence: float
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     occupations: list[OccupationMetrics] = field(default_factory=list)
+    pob_debiased: float = math.nan  # bootstrap bias-corrected POB (module docstring); NaN without a bootstrap
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -104,11 +121,10 @@ def compute_metrics(table: ChoiceTable, *, n_boot: int = 1000, confidence: float
     intervals = {}
     if n_boot:
         samples = _figures(_bootstrap_sums(table, occupation_index, len(occupations), n_boot, seed))
-        tail = 100 * (1 - confidence) / 2
-        for name in HEADLINE:
-            finite = samples[name][np.isfinite(samples[name])]
-            intervals[name] = ((float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))
-                               if finite.size else (math.nan, math.nan))
+        figures["pob_debiased"], intervals["pob_debiased"] = basic_interval(figures["pob"], samples["pob"], confidence,
+                                                                            RANGES["pob_debiased"])
+        for name in ("stereotype_gap", "unambiguous_accuracy", "dont_know_ambiguous"):
+            _, intervals[name] = basic_interval(figures[name], samples[name], confidence, RANGES[name])
     return BiasMetrics(
         estimator=table.estimator,
         **figures,
@@ -119,6 +135,19 @@ def compute_metrics(table: ChoiceTable, *, n_boot: int = 1000, confidence: float
         intervals=intervals,
         occupations=[_occupation(name, point[0, o]) for o, name in enumerate(occupations)],
     )
+
+
+def basic_interval(estimate: float, resampled: np.ndarray, confidence: float, bounds: tuple[float, float]
+                   ) -> tuple[float, tuple[float, float]]:
+    """(median-unbiased estimate, basic bootstrap interval) of a figure from its plain `estimate` and its values on
+    the resamples, clipped to `bounds` (see the module docstring); NaNs where the figure is undefined."""
+    finite = resampled[np.isfinite(resampled)]
+    if not finite.size or not math.isfinite(estimate):
+        return math.nan, (math.nan, math.nan)
+    tail = (1 - confidence) / 2
+    low_q, median, high_q = np.quantile(finite, [tail, 0.5, 1 - tail])
+    clip = lambda value: float(min(max(value, bounds[0]), bounds[1]))  # noqa: E731
+    return clip(2 * estimate - median), (clip(2 * estimate - high_q), clip(2 * estimate - low_q))
 
 
 def _bootstrap_sums(table: ChoiceTable, occupation_index: np.ndarray, n_occupations: int, n_boot: int,

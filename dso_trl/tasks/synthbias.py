@@ -9,7 +9,6 @@ other.
 
 from __future__ import annotations
 
-import csv
 import functools
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
+from ..csv_records import NumberedReader
 from ..occupations import canonical_occupation, known_occupations, share_women
 from .coreference import CorefItem, coreference_split, mentions
 from .gendered import PRONOUN_GENDER, pronoun_gender
@@ -72,11 +72,11 @@ def _parse(path: Path, mtime_ns: int, size: int, errors: str,
     policy = RowErrors(errors, f"SynthBias {path}")
     items = []
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+        reader = NumberedReader(handle)
         if tuple(reader.fieldnames or ()) != COLUMNS:
             raise ValueError(f"{path}: header must be {','.join(COLUMNS)}, got {reader.fieldnames}")
         for row in reader:
-            where = f"{path.name} line {reader.line_num}"
+            where = f"{path.name} {reader.where}"
             try:
                 items.append(_item(row, where))
             except ValueError as error:  # includes UnknownOccupationError

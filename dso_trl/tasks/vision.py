@@ -13,7 +13,6 @@ GRPOTrainer fills from the `image` column (`prepare_multimodal_messages`) and th
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import defaultdict
@@ -24,6 +23,7 @@ from typing import Sequence
 from datasets import DatasetDict
 from PIL import Image, ImageOps
 
+from ..csv_records import NumberedReader
 from ..occupations import canonical_occupation, known_occupations, stereotype_gender
 from .figures import RACES, draw_person
 from .rows import GENDERS, RowErrors, dataset_dict, make_row
@@ -94,9 +94,9 @@ def _records(metadata: Path):
                         record = {"__error__": f"invalid JSON ({error.msg})"}
                     yield where, record if isinstance(record, dict) else {"__error__": "not a JSON object"}
         else:
-            reader = csv.DictReader(handle)
+            reader = NumberedReader(handle)
             for record in reader:
-                yield f"{metadata.name} line {reader.line_num}", record
+                yield f"{metadata.name} {reader.where}", record
 
 
 def _person(folder: Path, record: dict, where: str) -> Person:

@@ -19,7 +19,8 @@ class DSOConfig(GRPOConfig):
 
     Defaults that differ from `GRPOConfig`: `learning_rate` is 1e-3 (the steering vectors start at zero and each
     entry rescales a whole neuron, unlike one weight of a full model); without a GPU, `bf16` defaults to False (fp32)
-    instead of True.
+    instead of True and `dataloader_pin_memory` is False; activation checkpointing is non-reentrant unless its kwargs
+    say otherwise.
     """
 
     learning_rate: float = field(
@@ -108,9 +109,23 @@ class DSOConfig(GRPOConfig):
     text_kl_max_length: int = field(default=96, metadata={"help": "Tokens kept of each text-KL passage."})
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
-            self.bf16 = False  # TRL defaults to bf16, which a machine without a GPU refuses unless use_cpu is set
+        if not torch.cuda.is_available():
+            if self.bf16 is None and not self.fp16:
+                self.bf16 = False  # TRL defaults to bf16, which a machine without a GPU refuses unless use_cpu is set
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every run otherwise
+        # GRPOConfig's default sets `gradient_checkpointing`, a name transformers 5 deprecates with a warning on every
+        # run: carry it to `activation_checkpointing` here, non-reentrant unless the kwargs say otherwise.
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = self.gradient_checkpointing
+        if self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         super().__post_init__()
+        if self.activation_checkpointing and "use_reentrant" not in (self.activation_checkpointing_kwargs or {}):
+            self.activation_checkpointing_kwargs = {**(self.activation_checkpointing_kwargs or {}),
+                                                    "use_reentrant": False}
+            self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         validate_strength(self.train_strength)
         if self.train_strength == 0.0:
             raise ValueError("train_strength must be > 0: at λ = 0 the steering has no effect and receives no gradient")

@@ -5,15 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, create_model_from_path
 
 from ..atomic import write_json_atomic
+from ..model_card import write_model_card
 from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, row_option_probabilities, tokenizer_of
 from ..steering import Steering, SteeringError
 from ..steering.serialization import load_values
@@ -29,8 +33,10 @@ from .checkpoint import (
 )
 from .config import DSOConfig
 from .exact import exact_terms, option_kl
+from .resume import resolve_resume
 
 TRAINING_ARGS_JSON = "training_args.json"
+logger = logging.get_logger(__name__)
 
 
 class _SteeringDisabledPolicy(nn.Module):
@@ -44,6 +50,15 @@ class _SteeringDisabledPolicy(nn.Module):
     def forward(self, *args, **kwargs):
         with self.steering.disabled():
             return self.policy(*args, **kwargs)
+
+
+class _EpochSeededSampler(RepeatSampler):
+    """TRL's `RepeatSampler` whose shuffle is a function of (seed, epoch), not of how many epochs this process has
+    iterated: a run resumed in epoch e sees the order the uninterrupted run saw (the Trainer calls `set_epoch`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed + epoch)
 
 
 class _SparsityCallback(TrainerCallback):
@@ -116,6 +131,9 @@ class DSOTrainer(GRPOTrainer):
             raise ValueError("`steering` is attached to a different model than `model`")
         steering.set_strength(args.train_strength)
         self.steering = steering
+        # TRL 1.16 calls the model's `gradient_checkpointing_*` methods, which transformers 5 renamed with a warning
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated",
+                                category=FutureWarning)
 
         beta = args.beta
         args.beta = 0.0  # keep GRPOTrainer from loading a second copy of the model as reference
@@ -135,15 +153,17 @@ class DSOTrainer(GRPOTrainer):
         self._text_kl_ids = self._text_kl_passages() if args.text_kl_coef > 0 else []
         self._text_kl_position = (-1, 0)  # (global step, micro-batches drawn in it)
 
-    # ------------------------------------------------------------------ the exact estimator's data path
+    # ------------------------------------------------------------------ data order (and the exact estimator's path)
     def _get_train_sampler(self, dataset=None):
-        if self.args.estimator == "sampled":
-            return super()._get_train_sampler(dataset)
-        # every row once per generation batch (no repeats for sampling), kept for steps_per_generation steps as GRPO does
-        return RepeatSampler(data_source=dataset if dataset is not None else self.train_dataset, mini_repeat_count=1,
-                             batch_size=self.args.generation_batch_size,
-                             repeat_count=self.args.steps_per_generation, shuffle=self.shuffle_dataset,
-                             seed=self.args.seed)
+        dataset = dataset if dataset is not None else self.train_dataset
+        if self.args.estimator == "sampled":  # GRPOTrainer's sampler: each prompt num_generations times
+            repeats = dict(mini_repeat_count=self.num_generations,
+                           batch_size=self.args.generation_batch_size // self.num_generations,
+                           repeat_count=self.num_iterations * self.args.steps_per_generation)
+        else:  # every row once per generation batch (no sampling), kept for steps_per_generation steps as GRPO does
+            repeats = dict(mini_repeat_count=1, batch_size=self.args.generation_batch_size,
+                           repeat_count=self.args.steps_per_generation)
+        return _EpochSeededSampler(data_source=dataset, shuffle=self.shuffle_dataset, seed=self.args.seed, **repeats)
 
     def _prepare_inputs(self, generation_batch):
         if self.args.estimator == "sampled":
@@ -253,8 +273,26 @@ class DSOTrainer(GRPOTrainer):
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
                 write_json_atomic(Path(output_dir) / TRAINING_ARGS_JSON, json.loads(self.args.to_json_string()))
+                self._write_model_card(output_dir)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
+        """Our card in `output_dir` (TRL writes its own at every checkpoint, describing a GRPO fine-tune of the whole
+        model): the steering, how it was trained and how to load it."""
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir, tags=[tags] if isinstance(tags, str) else tags or ())
+
+    def _write_model_card(self, folder: str, tags=()) -> None:
+        rows = self.train_dataset if isinstance(self.train_dataset, Dataset) else None
+        tasks = sorted(set(rows["task"])) if rows is not None and "task" in rows.column_names else []
+        write_model_card(
+            folder, base_model=str(self.model.config._name_or_path), task=", ".join(tasks) or "see training_args.json",
+            rewards=self.reward_func_names, strength=self.steering.strength, training_steps=self.state.global_step,
+            trainable_parameters=self.steering.num_parameters(), trainable_fraction=self.steering.fraction_of_model(),
+            data=f"{len(rows):,} training rows" if rows is not None else None, tags=tags,
+            details={"estimator": self.args.estimator, "learning rate": f"{self.args.learning_rate:g}",
+                     "batch size (per device)": self.args.per_device_train_batch_size, "seed": self.args.seed})
 
     def _gathered_steering(self):
         """On DeepSpeed ZeRO-3 the steering vectors are partitioned: gather them (on every rank) while saving."""
@@ -282,6 +320,13 @@ class DSOTrainer(GRPOTrainer):
         save_tree(Path(output_dir), f"rng_state_{self.args.process_index}", rng_state())
 
     # ------------------------------------------------------------------ resuming
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, where `resume_from_checkpoint=True` picks the latest *complete* checkpoint (see
+        `dso_trl.trainer.resume`) and a named one is checked before anything loads."""
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir,
+                                                clean=self.args.should_save, say=logger.warning)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         try:
             load_values(self.steering, resume_from_checkpoint)
