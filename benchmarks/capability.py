@@ -1,13 +1,12 @@
 """Bias down, capability kept? The demo's recipe on SmolLM2 with and without the text-KL term, measured outside the task.
 
-For each β_text (`DSOConfig.text_kl_coef`) a fresh process loads SmolLM2-135M-Instruct, trains exactly the demo's
-steering (`dso_trl.demo.train_demo`) and sweeps λ on the held-out pronoun rows with the capability suite
-(`dso_trl.evaluation.CapabilitySuite`: KL and perplexity ratio on held-out Python-documentation prose, 282 MMLU
-questions), plus greedy chat answers at λ = 1. Optionally (`--extra_texts FILE`) also KL on prose from elsewhere.
-Writes `benchmarks/results/capability.json` and the Pareto plot of bias against text KL.
+For each β_text (`DSOConfig.text_kl_coef`) a fresh process runs `dso-trl demo` with that β_text and every other
+option at its default (SmolLM2-135M-Instruct, held-out pronoun rows, the λ sweep with the capability suite: KL and
+perplexity ratio on held-out Python-documentation prose, MMLU answers; greedy chat answers at λ = 1), writing the
+demo's folder under `--work_dir`. Writes `benchmarks/results/capability.json` and the plot of bias against text KL.
 
-    python benchmarks/capability.py                                  # β_text = 0 and the demo's default
-    python benchmarks/capability.py --coefs 0 10 --extra_texts prose.txt
+    python benchmarks/capability.py                  # β_text = 0 and the demo's default
+    python benchmarks/capability.py --coefs 0 3 10
 """
 
 from __future__ import annotations
@@ -24,35 +23,17 @@ from pathlib import Path
 TARGETS = {"pob": 5.0, "accuracy_drop": 1.0, "text_kl": 0.05, "perplexity_ratio": 1.02, "mmlu_agreement": 90.0}
 
 
-def one_run(coef: float, extra_texts: str | None, max_steps: int | None) -> dict:
-    """The child process: train the demo steering with β_text = coef and measure it at every λ."""
-    import tempfile
+def one_run(coef: float, output_dir: str, max_steps: int | None) -> dict:
+    """The child process: `dso-trl demo` with β_text = coef (everything else the demo's defaults) into `output_dir`."""
+    from dso_trl.demo import DemoArguments, run_demo
 
-    from dso_trl.demo import DemoArguments, demo_data, sweep_records, train_demo
-    from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, run_sweep
-    from dso_trl.evaluation.capability import read_texts, side_by_side
-    from dso_trl.evaluation.divergence import compare_on_text
-    from dso_trl.models import load_smollm2
-
-    args = DemoArguments(text_kl_coef=coef, progress=False, **({"max_steps": max_steps} if max_steps else {}))
-    model, tokenizer = load_smollm2()
-    train_rows, test_rows = demo_data(args, tokenizer)
-    with tempfile.TemporaryDirectory() as output_dir:
-        trainer, seconds = train_demo(model, tokenizer, train_rows, args, output_dir)
-    steering = trainer.steering
-    sweep = run_sweep(steering, tokenizer, test_rows["pronoun"], strengths=args.strengths,
-                      config=EvaluationConfig(progress=False), capability=CapabilitySuite(tokenizer))
-    records = sweep_records(sweep)
-    if extra_texts:
-        texts = read_texts(extra_texts)
-        for record in records:
-            steering.set_strength(record["strength"])
-            other = compare_on_text(steering, tokenizer, texts, max_length=128)
-            record.update(extra_text_kl=other.kl, extra_perplexity_ratio=other.perplexity_ratio)
-    steering.set_strength(1.0)
-    return {"text_kl_coef": coef, "train_seconds": seconds, "steps": trainer.state.global_step,
-            "seconds_per_step": seconds / max(trainer.state.global_step, 1), "sweep": records,
-            "generations": side_by_side(steering, tokenizer)}
+    args = DemoArguments(text_kl_coef=coef, output_dir=output_dir, progress=False,
+                         **({"max_steps": max_steps} if max_steps else {}))
+    metrics = run_demo(args)
+    generations = json.loads((Path(output_dir) / "generations.json").read_text())
+    return {"text_kl_coef": coef, "output_dir": output_dir, "train_seconds": metrics["train_seconds"],
+            "steps": metrics["steps"], "seconds_per_step": metrics["train_seconds"] / max(metrics["steps"], 1),
+            "learning_rate": args.learning_rate, "sweep": metrics["sweep"], "generations": generations}
 
 
 def verdict(run: dict) -> dict:
@@ -97,22 +78,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coefs", type=float, nargs="+", default=[0.0, DemoArguments.text_kl_coef],
                         help="β_text values to train with, each in a fresh process.")
-    parser.add_argument("--extra_texts", help="Also KL and perplexity on this UTF-8 prose file (blank-line passages).")
+    parser.add_argument("--work_dir", default="outputs/capability", help="Each run's demo folder goes under it.")
     parser.add_argument("--max_steps", type=int, help="Training steps (default: the demo's).")
     parser.add_argument("--output", default="benchmarks/results/capability.json")
     parser.add_argument("--plot", default="docs/images/smollm2_bias_vs_text_kl.png")
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print("RESULT " + json.dumps(one_run(args.child, args.extra_texts, args.max_steps)), flush=True)
+        output_dir = str(Path(args.work_dir) / f"text_kl_{args.child:g}")
+        print("RESULT " + json.dumps(one_run(args.child, output_dir, args.max_steps)), flush=True)
         return
 
     runs = []
     for coef in dict.fromkeys(args.coefs):
-        command = [sys.executable, __file__, "--child", str(coef)]
-        for flag in ("extra_texts", "max_steps"):
-            if getattr(args, flag) is not None:
-                command += [f"--{flag}", str(getattr(args, flag))]
+        command = [sys.executable, __file__, "--child", str(coef), "--work_dir", args.work_dir]
+        if args.max_steps is not None:
+            command += ["--max_steps", str(args.max_steps)]
         start = time.perf_counter()
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         run = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])

@@ -339,10 +339,10 @@ def _sweep(argv: list[str]) -> None:
                       config=config, parser=parse_choice, capability=suite, baselines=baselines,
                       output_dir=args.output_dir)
     if args.report_to == "wandb":
-        from .evaluation.plots import PLOTS
+        from .evaluation.plots import written_plots
         from .tracking import log_sweep
 
-        log_sweep(sweep, {kind: Path(args.output_dir) / file for kind, file in PLOTS.items()},
+        log_sweep(sweep, written_plots(args.output_dir),
                   config={"model": steering.model.config._name_or_path, "steering": args.steering, "task": args.task})
     for point in sweep.points:
         c = point.capability

@@ -44,8 +44,8 @@ class DemoArguments:
                   "verbatim, never copied)."},
     )
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the steering, metrics and plots go."})
-    max_steps: int = field(default=60, metadata={"help": "Training steps (one batch of prompts each)."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the steering vectors."})
+    max_steps: int = field(default=100, metadata={"help": "Training steps (one batch of prompts each)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the steering vectors."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per training step."})
     n_train: int = field(
         default=600,
@@ -59,7 +59,7 @@ class DemoArguments:
         metadata={"help": "The λ grid of the sweep (`dso-trl sweep` defaults to the finer 0, 0.1, …, 1)."},
     )
     text_kl_coef: float = field(
-        default=0.0,
+        default=3.0,
         metadata={"help": "β_text: weight of KL(steered ‖ base) on general text in the loss (DSOConfig.text_kl_coef); "
                   "keeps the model close to the base model outside the task. 0 turns it off."},
     )
@@ -167,10 +167,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         sweep = sweeps[name] = run_sweep(steering, processing_class, rows, strengths=args.strengths, config=config,
                                          capability=capability, output_dir=folder)
         if args.report_to == "wandb":
-            from .evaluation.plots import PLOTS
+            from .evaluation.plots import written_plots
             from .tracking import log_sweep
 
-            log_sweep(sweep, {kind: folder / file for kind, file in PLOTS.items()}, prefix=f"demo/{name}",
+            log_sweep(sweep, written_plots(folder), prefix=f"demo/{name}",
                       finish=False)
         _, full = base_and_steered(sweep)  # the largest λ: the rule the model card and W&B use too
         tasks[name] = {"base": headline(base[name]), "steered": {**headline(full.metrics), "strength": full.strength},

@@ -182,11 +182,11 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
                                 details=details)
         accelerator.print(f"Model card written to {card}")
         if sweep is not None and "wandb" in (training_args.report_to or []):
-            from dso_trl.evaluation.plots import PLOTS
+            from dso_trl.evaluation.plots import written_plots
             from dso_trl.tracking import log_sweep
 
             # The trainer's W&B run (`wandb.run`) gets the sweep table, the λ curves, the plots and the summary.
-            log_sweep(sweep, {kind: sweep_dir / name for kind, name in PLOTS.items()},
+            log_sweep(sweep, written_plots(sweep_dir),
                       strength=trainer.steering.strength, finish=True)
         if training_args.push_to_hub:
             from huggingface_hub import upload_folder

@@ -21,6 +21,7 @@ def test_two_process_cpu_run_ends_with_identical_steering(tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rank 0 of 2" in result.stdout and "rank 1 of 2" in result.stdout
+    assert "text KL logged 3 times" in result.stdout
     rank0 = load_file(str(tmp_path / "steering_rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "steering_rank1.safetensors"))
     assert rank0.keys() == rank1.keys() and len(rank0) == 10

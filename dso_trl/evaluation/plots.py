@@ -16,18 +16,30 @@ from ..atomic import write_atomic
 from .sweep import Sweep, SweepPoint
 
 PLOTS = {"bias": "bias_vs_strength.png", "accuracy": "accuracy_vs_strength.png", "pareto": "pareto.png"}
+CAPABILITY_PLOT = {"capability": "bias_vs_text_kl.png"}
+
+
+def written_plots(output_dir: str | Path) -> dict[str, Path]:
+    """The plots `plot_sweep` wrote into `output_dir`, by kind (for logging them, e.g. to W&B)."""
+    folder = Path(output_dir)
+    return {kind: folder / name for kind, name in {**PLOTS, **CAPABILITY_PLOT}.items() if (folder / name).is_file()}
 
 
 def plot_sweep(sweep: Sweep, output_dir: str | Path) -> dict[str, Path]:
-    """Write the three plots into `output_dir` (each atomically); returns their paths by kind."""
+    """Write the three plots into `output_dir` (each atomically), and the bias vs text-KL plot when the sweep measured
+    capability; returns their paths by kind."""
     folder = Path(output_dir)
     draw: dict[str, Callable[[Axes, Sweep], None]] = {
         "bias": lambda ax, s: _versus_strength(ax, s, "pob", "Per-Occupation Bias (points)"),
         "accuracy": lambda ax, s: _versus_strength(ax, s, "unambiguous_accuracy", "Unambiguous accuracy (%)"),
         "pareto": _pareto,
+        "capability": _bias_versus_text_kl,
     }
+    plots = dict(PLOTS)
+    if all(p.capability is not None for p in sweep.points):
+        plots.update(CAPABILITY_PLOT)
     paths = {}
-    for kind, name in PLOTS.items():
+    for kind, name in plots.items():
         figure = Figure(figsize=(6, 4.2), layout="constrained")
         FigureCanvasAgg(figure)
         draw[kind](figure.add_subplot(), sweep)
@@ -78,5 +90,18 @@ def _pareto(ax: Axes, sweep: Sweep) -> None:
                             fontsize=7)
     ax.set(xlabel="Per-Occupation Bias (points, lower is better)", ylabel="Unambiguous accuracy (%)",
            title="Bias vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _bias_versus_text_kl(ax: Axes, sweep: Sweep) -> None:
+    """Bias against what the steering moved outside the task: KL(steered ‖ base) on held-out prose."""
+    for fraction, points in _curves(sweep).items():
+        x, y = [p.capability.text_kl for p in points], [p.metrics.pob for p in points]
+        ax.plot(x, y, marker="o", label=_label(fraction))
+        for point, xi, yi in zip(points, x, y):
+            ax.annotate(f"λ={point.strength:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="KL(steered ‖ base) on held-out prose (nats/token)",
+           ylabel="Per-Occupation Bias (points, lower is better)", title="Bias vs change outside the task")
     ax.grid(alpha=0.3)
     ax.legend()
