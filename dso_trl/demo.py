@@ -1,10 +1,11 @@
 """`dso-trl demo`: DSO end to end on a real model, offline, on a CPU, in minutes.
 
 Measure the base model's bias and capability on **held-out** templates and names, train a steering with the exact
-estimator, measure again across a λ grid, and write everything a reader needs to check the claim: the steering folder,
-`metrics.json`, the sweep (JSON, CSV, PNG plots) and a model card (`steering/README.md`). The recipe
-(`demo_training_config`) is the one measured on SmolLM2-135M-Instruct: POB 27.8 → 4.0 with unambiguous accuracy kept
-(README, "On SmolLM2").
+estimator and the text-KL term, measure again across a λ grid, bias and what changed outside the task, and write
+everything a reader needs to check the claim: the steering folder, `metrics.json`, the sweep (JSON, CSV, PNG plots),
+base vs steered chat answers (`generations.md`) and a model card (`steering/README.md`). The recipe
+(`demo_training_config`) is the one measured on SmolLM2-135M-Instruct by `benchmarks/capability.py` (README, "On
+SmolLM2").
 """
 
 from __future__ import annotations
