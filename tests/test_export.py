@@ -1,0 +1,175 @@
+"""`Steering.export_pretrained`: a folded model folder that plain transformers loads without dso_trl, reproducing the
+hooked logits; refusal of steerings that do not fold; the folder appears whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import SPECIAL_TOKENS, make_model, train_tokenizer
+from dso_trl import Steering, SteeringConfig
+from dso_trl.model_card import MODEL_CARD_NAME
+from dso_trl.steering import SteeringError
+
+FAMILIES = ("llama", "qwen2", "gemma3", "qwen2_5_vl", "gpt2")
+STRENGTH = 0.7
+TOLERANCE = 1e-5  # fp32 logits, folded vs hooked; measured max |difference| on these models: ≤ 1e-7
+
+# Loads every exported folder with plain transformers in a process where dso_trl cannot be imported, and writes the
+# logits of the inputs it is given.
+RELOAD = """
+import json, sys
+sys.modules["dso_trl"] = None  # whatever is installed, `import dso_trl` fails here
+try:
+    import dso_trl
+except ImportError:
+    pass
+else:
+    raise SystemExit("dso_trl is importable")
+import torch, transformers
+from safetensors.torch import load_file, save_file
+
+jobs = json.loads(sys.argv[1])
+logits = {}
+for family, job in jobs.items():
+    auto = transformers.AutoModelForImageTextToText if job["vision"] else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(job["folder"]).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(job["folder"])
+    assert tokenizer.decode([5]) == job["token_5"], family
+    if job["vision"]:
+        transformers.AutoImageProcessor.from_pretrained(job["folder"])
+    with torch.no_grad():
+        logits[family] = model(**load_file(job["inputs"])).logits.contiguous()
+save_file(logits, sys.argv[2])
+"""
+
+
+def random_steering(model, config: SteeringConfig, seed: int = 1) -> Steering:
+    steering = Steering.attach(model, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in steering.parameters():
+            param.normal_(0, 0.2)
+    return steering
+
+
+def foldable_config(family: str) -> SteeringConfig:
+    return SteeringConfig() if family == "gpt2" else SteeringConfig(shift_sites="foldable")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, vlm_processor) -> dict:
+    """Each family steered at random, exported at λ = 0.7, and reloaded in a process without dso_trl."""
+    root = tmp_path_factory.mktemp("exports")
+    tokenizer, jobs, hooked, base, states = train_tokenizer(SPECIAL_TOKENS), {}, {}, {}, {}
+    for family in FAMILIES:
+        model = make_model(family)
+        steering = random_steering(model, foldable_config(family))
+        steering.set_strength(1.0)
+        vision = family == "qwen2_5_vl"
+        if vision:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Who is the nurse ?"}]}]
+            text = vlm_processor.apply_chat_template(messages, add_generation_prompt=True)
+            inputs = dict(vlm_processor(text=[text], images=[Image.new("RGB", (56, 28), "red")], return_tensors="pt"))
+            inputs.pop("attention_mask")
+        else:
+            inputs = {"input_ids": torch.tensor([[1, 5, 9, 14, 27, 33, 40, 3], [1, 7, 7, 8, 90, 101, 11, 12]])}
+        before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        folder = steering.export_pretrained(root / family, STRENGTH,
+                                            processing_class=vlm_processor if vision else tokenizer)
+        states[family] = (before, model.state_dict(), steering.strength)
+        steering.set_strength(STRENGTH)
+        with torch.no_grad():
+            hooked[family] = model(**inputs).logits
+            with steering.disabled():
+                base[family] = model(**inputs).logits
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(root / f"{family}.inputs.safetensors"))
+        jobs[family] = {"folder": str(folder), "vision": vision, "inputs": str(root / f"{family}.inputs.safetensors"),
+                        "token_5": (vlm_processor.tokenizer if vision else tokenizer).decode([5])}
+    out = root / "reloaded.safetensors"
+    subprocess.run([sys.executable, "-c", RELOAD, json.dumps(jobs), str(out)], check=True, cwd=root)
+    return {"hooked": hooked, "base": base, "reloaded": load_file(str(out)), "states": states, "root": root}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_reloads_without_dso_trl_and_matches_the_hooked_logits(exported, family):
+    reloaded, hooked = exported["reloaded"][family], exported["hooked"][family]
+    torch.testing.assert_close(reloaded, hooked, rtol=0, atol=TOLERANCE)
+    assert (hooked - exported["base"][family]).abs().max() > 1e-2  # the steering does change the logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_leaves_the_live_model_and_steering_as_they_were(exported, family):
+    before, after, strength = exported["states"][family]
+    assert strength == 1.0
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_export_files_and_model_card(exported):
+    folder = exported["root"] / "qwen2"
+    names = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", MODEL_CARD_NAME} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+    assert not any(key.endswith(("dso_scale", "dso_shift")) for key in load_file(str(folder / "model.safetensors")))
+    card = (folder / MODEL_CARD_NAME).read_text()
+    assert "library_name: transformers" in card and "λ = 0.7" in card and "AutoModelForCausalLM" in card
+    assert "AutoModelForImageTextToText" in (exported["root"] / "qwen2_5_vl" / MODEL_CARD_NAME).read_text()
+    assert sorted(p.name for p in exported["root"].iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+def test_export_appends_the_steering_card(tmp_path):
+    steering = random_steering(make_model("llama"), SteeringConfig(use_shift=False))
+    steering_card = "---\nlibrary_name: dso_trl\n---\n\n# DSO steering for x\n\n## Measured\n\nPOB 4.0\n"
+    steering.export_pretrained(tmp_path / "out", model_card=steering_card)
+    card = (tmp_path / "out" / MODEL_CARD_NAME).read_text()
+    assert card.count("library_name") == 1 and "### DSO steering for x" in card and "#### Measured" in card
+    assert "POB 4.0" in card
+
+
+def test_unfoldable_steering_is_refused_before_anything_is_written(tmp_path):
+    steering = random_steering(make_model("llama"), SteeringConfig())  # shifts on RMSNorms read by bias-free Linears
+    with pytest.raises(SteeringError) as error:
+        steering.export_pretrained(tmp_path / "out", 0.5)
+    message = str(error.value)
+    assert all(site.name in message for site in steering.sites)
+    assert 'shift_sites="foldable"' in message and "use_shift=False" in message
+    assert list(tmp_path.iterdir()) == []
+    assert steering.strength == 1.0
+
+
+def test_a_failed_export_leaves_no_folder_and_an_existing_one_is_kept(tmp_path):
+    steering = random_steering(make_model("qwen2"), SteeringConfig(shift_sites="foldable"))
+
+    class BrokenTokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text("{")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        steering.export_pretrained(tmp_path / "out", processing_class=BrokenTokenizer())
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        steering.export_pretrained(tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+    steering.export_pretrained(tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_export_at_zero_strength_is_the_base_model(tmp_path):
+    model = make_model("llama")
+    base = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    steering = random_steering(model, SteeringConfig())  # unfoldable shifts do not matter at λ = 0
+    steering.export_pretrained(tmp_path / "out", 0.0)
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert all(torch.equal(saved[name], base[name]) for name in saved)
