@@ -173,3 +173,22 @@ def test_export_at_zero_strength_is_the_base_model(tmp_path):
     steering.export_pretrained(tmp_path / "out", 0.0)
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert all(torch.equal(saved[name], base[name]) for name in saved)
+
+
+def test_dso_trl_export_command(tmp_path, tokenizer):
+    from dso_trl.cli import main
+
+    make_model("qwen2").save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    for name, config in (("foldable", SteeringConfig(shift_sites="foldable")), ("full", SteeringConfig())):
+        random_steering(make_model("qwen2"), config).save_pretrained(tmp_path / name)
+    (tmp_path / "foldable" / MODEL_CARD_NAME).write_text("# DSO steering for tiny\n\nPOB 4.0\n")
+    main(["export", "--model", str(tmp_path / "model"), "--steering", str(tmp_path / "foldable"), "--strength", "0.5",
+          "--output_dir", str(tmp_path / "served")])
+    card = (tmp_path / "served" / MODEL_CARD_NAME).read_text()
+    assert "λ = 0.5" in card and "POB 4.0" in card and (tmp_path / "served" / "tokenizer.json").is_file()
+    with pytest.raises(SystemExit, match=r"dso-trl export: cannot export at λ = 0.5: .*model\.layers\.0\."
+                                         r"post_attention_layernorm"):
+        main(["export", "--model", str(tmp_path / "model"), "--steering", str(tmp_path / "full"), "--strength", "0.5",
+              "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
