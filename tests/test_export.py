@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import SPECIAL_TOKENS, make_model, train_tokenizer
+from readme_commands import readme_commands
 from dso_trl import Steering, SteeringConfig
 from dso_trl.model_card import MODEL_CARD_NAME
 from dso_trl.steering import SteeringError
@@ -192,3 +193,28 @@ def test_dso_trl_export_command(tmp_path, tokenizer):
         main(["export", "--model", str(tmp_path / "model"), "--steering", str(tmp_path / "full"), "--strength", "0.5",
               "--output_dir", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_readme_serve_commands(tmp_path, tokenizer):
+    """The README's "Serve" commands on a tiny Llama: the demo trains a foldable steering, `dso-trl export` folds it,
+    and plain transformers loads the folder and gives the steered logits."""
+    import transformers as tf
+
+    from dso_trl.cli import main
+
+    make_model("llama").save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    demo, export, serve = readme_commands("serve", {"outputs/demo-foldable": str(tmp_path / "demo"),
+                                                    "outputs/smollm2-dso": str(tmp_path / "served")})
+    assert demo[:2] == ["dso-trl", "demo"] and export[:2] == ["dso-trl", "export"] and serve[:2] == ["vllm", "serve"]
+    main([*demo[1:], "--model", str(tmp_path / "model"), "--max_steps", "2", "--batch_size", "8", "--n_train", "12",
+          "--n_test", "8", "--strengths", "0", "1", "--no_progress"])
+    main([*export[1:], "--model", str(tmp_path / "model")])
+    served = tf.AutoModelForCausalLM.from_pretrained(serve[2]).eval()
+    model = make_model("llama")
+    steering = Steering.from_pretrained(model, tmp_path / "demo" / "steering")
+    assert steering.nonzero() > 0 and steering.unfoldable_sites() == []
+    input_ids = torch.tensor([[1, 5, 9, 14, 27, 33, 40, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(served(input_ids).logits, model(input_ids).logits, rtol=0, atol=TOLERANCE)
+    assert "DSO steering for" in (Path(serve[2]) / MODEL_CARD_NAME).read_text()  # the demo's card went along
