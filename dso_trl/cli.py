@@ -82,7 +82,7 @@ class EvaluationArguments(TaskArguments):
 
 @dataclass
 class HarnessArguments:
-    """`evaluate --lm_eval_tasks`: lm-evaluation-harness tasks instead of the bias task (`pip install dso_trl[eval]`)."""
+    """`evaluate --lm_eval_tasks`: lm-evaluation-harness tasks instead of the bias task (needs dso_trl[eval])."""
 
     lm_eval_tasks: list[str] = field(
         default_factory=list,

