@@ -245,7 +245,7 @@ def _lm_eval(args: EvaluationArguments, harness_args: HarnessArguments) -> None:
     from lm_eval.utils import handle_non_serializable, make_table
 
     results = run_harness(harness_args.lm_eval_tasks, model=args.model, steering=args.steering,
-                          strength=args.strength if args.steering else 0.0, fold=harness_args.lm_eval_fold,
+                          strength=args.strength, fold=harness_args.lm_eval_fold,
                           include_path=harness_args.lm_eval_include_path, batch_size=args.batch_size,
                           limit=harness_args.lm_eval_limit, log_samples=False)
     path = Path(args.output_dir) / "lm_eval.json"
