@@ -1,4 +1,4 @@
-"""The `dso-trl` command: `demo`, `train`, `evaluate` and `sweep`.
+"""The `dso-trl` command: `demo`, `train`, `evaluate`, `sweep` and `export`.
 
 Each command's options are a dataclass parsed by TRL's `TrlParser`, so every option has a `--help` line and can also
 come from a YAML file (`--config file.yaml`); `train` takes every `DSOConfig` (hence `GRPOConfig`) option too.
@@ -11,6 +11,7 @@ needs no model runs before the model loads.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -26,6 +27,7 @@ COMMANDS = {
     "train": "Train a steering with DSOTrainer on a task; writes <output_dir>/steering.",
     "evaluate": "Bias and accuracy of a model, steered (--steering DIR, --strength λ) or not; writes metrics.json.",
     "sweep": "Evaluate a steering over a λ grid (and sparsities), with baselines; writes sweep.json/.csv and plots.",
+    "export": "Fold a steering into the weights at λ and write a standalone model folder any server loads.",
 }
 
 
@@ -107,6 +109,37 @@ class EvaluationArguments(TaskArguments):
 
 
 @dataclass
+class HarnessArguments:
+    """`evaluate --lm_eval_tasks`: lm-evaluation-harness tasks instead of the bias task (needs dso_trl[eval])."""
+
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "lm-evaluation-harness tasks (e.g. hellaswag mmlu): run the harness on the steered model "
+                  "(its `dso` model type) instead of the bias evaluation; writes <output_dir>/lm_eval.json."},
+    )
+    lm_eval_include_path: str | None = field(
+        default=None, metadata={"help": "A folder of your own harness task YAMLs (the harness's --include_path)."}
+    )
+    lm_eval_fold: bool = field(
+        default=False, metadata={"help": "Fold the steering into the weights instead of hooking it (must fold)."}
+    )
+    lm_eval_limit: int | None = field(default=None, metadata={"help": "At most this many documents per task."})
+
+
+@dataclass
+class ExportArguments:
+    """`export`: the model with the steering folded in at λ, as a plain Hugging Face model folder."""
+
+    steering: str = field(metadata={"help": "The steering folder (save_pretrained / `dso-trl train`)."})
+    output_dir: str = field(metadata={"help": "The new model folder (config, safetensors, tokenizer, README.md)."})
+    model: str | None = field(
+        default=None, metadata={"help": "A local Hugging Face model folder (default: SmolLM2-135M-Instruct)."}
+    )
+    strength: float = field(default=1.0, metadata={"help": "λ in [0, 1] written into the weights."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace output_dir if it exists."})
+
+
+@dataclass
 class SweepArguments(EvaluationArguments):
     """`sweep`: the λ knob (and sparsity) of one steering, with baselines on the same rows."""
 
@@ -157,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     handlers: dict[str, Callable[[list[str]], None]] = {"demo": _demo, "train": _train, "evaluate": _evaluate,
-                                                        "sweep": _sweep}
+                                                        "sweep": _sweep, "export": _export}
     try:
         handlers[command](rest)
     except USER_ERRORS as error:
@@ -282,8 +315,11 @@ def _evaluate(argv: list[str]) -> None:
     from .evaluation import evaluate
     from .tasks import parse_choice
 
-    (args,) = _parse("evaluate", (EvaluationArguments,), argv)
+    args, harness_args = _parse("evaluate", (EvaluationArguments, HarnessArguments), argv)
     _check_steering(args)
+    if harness_args.lm_eval_tasks:
+        _lm_eval(args, harness_args)
+        return
     rows = list(args.load_split("test"))
     texts = _capability_texts(args)
     steering, processing_class = _steered(args)
@@ -307,6 +343,45 @@ def _evaluate(argv: list[str]) -> None:
                f"MMLU agreement {capability['mmlu_agreement']:.1f}%" if capability else "")
     print(f"POB {points(metrics.pob)}  unambiguous accuracy {points(metrics.unambiguous_accuracy)}  "
           f"don't know {points(metrics.dont_know_ambiguous)}{outside}  -> {path}")
+
+
+def _lm_eval(args: EvaluationArguments, harness_args: HarnessArguments) -> None:
+    from .atomic import write_atomic
+
+    try:
+        from .harness import run_harness
+    except ImportError as error:
+        raise SystemExit(f"dso-trl evaluate --lm_eval_tasks: {error}") from error
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    results = run_harness(harness_args.lm_eval_tasks, model=args.model, steering=args.steering,
+                          strength=args.strength, fold=harness_args.lm_eval_fold,
+                          include_path=harness_args.lm_eval_include_path, batch_size=args.batch_size,
+                          limit=harness_args.lm_eval_limit, log_samples=False)
+    path = Path(args.output_dir) / "lm_eval.json"
+    text = json.dumps(results, indent=2, default=handle_non_serializable) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+    print(make_table(results))
+    print(f"-> {path}")
+
+
+def _export(argv: list[str]) -> None:
+    from .models import load_model
+    from .model_card import MODEL_CARD_NAME
+    from .steering import Steering, SteeringError
+
+    (args,) = _parse("export", (ExportArguments,), argv)
+    _check_steering(args)
+    model, processing_class = load_model(args.model)
+    steering = Steering.from_pretrained(model, args.steering)
+    card = Path(args.steering) / MODEL_CARD_NAME
+    try:
+        folder = steering.export_pretrained(args.output_dir, args.strength, processing_class=processing_class,
+                                            model_card=card.read_text(encoding="utf-8") if card.is_file() else None,
+                                            overwrite=args.overwrite)
+    except (SteeringError, FileExistsError) as error:
+        raise SystemExit(f"dso-trl export: {error}") from error
+    print(f"{model.config._name_or_path} with the steering folded in at λ = {args.strength:g} -> {folder}")
 
 
 def _sweep(argv: list[str]) -> None:

@@ -65,6 +65,15 @@ class DemoArguments:
                   "keeps the model close to the base model outside the task. 0 turns it off."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the data splits and of training."})
+    steering_shift_sites: str = field(
+        default="all",
+        metadata={"help": "`all`, or `foldable`: learn the shift `b` only where it folds exactly into the weights, so "
+                  "that `dso-trl export` can write a model any server loads (on Llama/SmolLM2: nowhere).",
+                  "choices": ["all", "foldable"]},
+    )
+    steering_use_shift: bool = field(
+        default=True, metadata={"help": "Learn the shift `b` at all (`--steering_use_shift false`: scale only)."}
+    )
     report_to: str = field(
         default="none",
         metadata={"help": "`wandb` logs training, the fairness figures and the λ curve to Weights & Biases.",
@@ -106,6 +115,7 @@ def demo_training_config(args: DemoArguments, output_dir: str | Path):
         gradient_checkpointing=False, save_strategy="no", logging_steps=10, seed=args.seed,
         text_kl_coef=args.text_kl_coef,
         report_to=[] if args.report_to == "none" else [args.report_to], disable_tqdm=not args.progress,
+        steering_shift_sites=args.steering_shift_sites, steering_use_shift=args.steering_use_shift,
     )
 
 

@@ -43,13 +43,20 @@ def smollm2_available() -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
+def smollm2_folder() -> Path:
+    """The cached fp32 model folder of SmolLM2-135M-Instruct, built from the GGUF on first use: what tools that load
+    a model folder themselves (lm-evaluation-harness) are given."""
+    folder = cache_dir() / "SmolLM2-135M-Instruct"
+    if not (folder / "config.json").is_file():
+        _build_cache(folder)
+    return folder
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of SmolLM2-135M-Instruct, from the safetensors cache, creating it on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_dir() / "SmolLM2-135M-Instruct"
-    if not (folder / "config.json").is_file():
-        _build_cache(folder)
+    folder = smollm2_folder()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.config._name_or_path = SMOLLM2_ID  # record the real model id in saved steerings, not the cache path

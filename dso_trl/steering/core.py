@@ -8,6 +8,7 @@ import os
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -294,6 +295,20 @@ class Steering:
 
         self._check_attached()
         save_steering(self, path)
+
+    def export_pretrained(self, path: str | os.PathLike, strength: float | None = None, *,
+                          processing_class=None, model_card: str | None = None, overwrite: bool = False) -> Path:
+        """Write a standalone model folder with this steering folded into the weights at `strength` (default: the
+        current λ): config, safetensors weights, `processing_class` (tokenizer or processor) when given, and a model
+        card (`model_card`, e.g. the steering's own card, is appended to it). It loads with plain
+        `AutoModelForCausalLM` / `AutoModelForImageTextToText`, no dso_trl needed. A steering that does not fold
+        completely (`unfoldable_sites`) is refused before anything is written; the folder appears whole or not at
+        all; this model and steering are left unchanged. Returns the folder's path."""
+        from .export import export_folded
+
+        self._check_attached()
+        return export_folded(self, path, strength, processing_class=processing_class, model_card=model_card,
+                             overwrite=overwrite)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload DSO steering") -> str:

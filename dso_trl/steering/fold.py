@@ -61,38 +61,58 @@ def plan_fold(steering: Steering) -> FoldPlan:
     return plan
 
 
+def unfoldable_message(sites: list[str], action: str) -> str:
+    """The refusal when `sites` carry shifts that cannot fold exactly, with the two ways to train a foldable one."""
+    return (f"cannot {action}: the shift of {len(sites)} site(s) cannot be folded exactly into the weights: "
+            f"{', '.join(sites)} (their outputs are read by something other than Linear layers with biases). "
+            "Train with SteeringConfig(shift_sites=\"foldable\") (--steering_shift_sites foldable) or scale only "
+            "(use_shift=False, --steering_use_shift false) to get a steering that folds completely.")
+
+
 @torch.no_grad()
 def fold_into_weights(steering: Steering, strict: bool) -> list[str]:
     """Fold the steering at its current λ into the weights; returns the sites whose shift could not be folded."""
     plan = plan_fold(steering)
     if strict and plan.unfolded:
-        raise SteeringError(
-            f"cannot fold the shift of {len(plan.unfolded)} site(s) exactly: {', '.join(plan.unfolded)} "
-            "(their outputs are read by something other than Linear layers with biases)"
-        )
-    if steering.strength == 0.0:
-        return []
-    lam = steering.strength
-    modules = dict(steering.model.named_modules())
-    with steering.disabled():  # the weight-offset probe must see the bare norm
-        for name, module in steering._modules.items():
-            _fold_site(name, module, lam, plan, modules)
+        raise SteeringError(unfoldable_message(plan.unfolded, "fold strictly"))
+    for name, value in folded_tensors(steering, plan).items():
+        steering.model.get_parameter(name).copy_(value)
     return plan.unfolded
 
 
 @torch.no_grad()
-def _fold_site(name: str, module, lam: float, plan: FoldPlan, modules: dict) -> None:
+def folded_tensors(steering: Steering, plan: FoldPlan) -> dict[str, torch.Tensor]:
+    """The new value of every parameter that folding at the current λ changes, by parameter name; the model itself
+    is left untouched (an export writes these values instead of the model's)."""
+    if steering.strength == 0.0:
+        return {}
+    lam = steering.strength
+    modules = dict(steering.model.named_modules())
+    tensors: dict[str, torch.Tensor] = {}
+    with steering.disabled():  # the weight-offset probe must see the bare norm
+        for name, module in steering._modules.items():
+            tensors.update(_site_tensors(name, module, lam, plan, modules))
+    return tensors
+
+
+def _site_tensors(name: str, module, lam: float, plan: FoldPlan, modules: dict) -> dict[str, torch.Tensor]:
+    """One site's folded parameters, computed in float64 and cast back once."""
     scale, shift = module._parameters.get(SCALE), module._parameters.get(SHIFT)
     factor = 1 + lam * scale.detach().double() if scale is not None else None
+    bias = getattr(module, "bias", None)
+    tensors = {}
     if factor is not None and torch.any(factor != 1):
         offset = weight_offset(module)
         weight = module.weight
-        weight.copy_(((weight.double() + offset) * factor - offset).to(weight.dtype))
-        if getattr(module, "bias", None) is not None:
-            module.bias.copy_((module.bias.double() * factor).to(module.bias.dtype))
+        tensors[f"{name}.weight"] = ((weight.double() + offset) * factor - offset).to(weight.dtype)
+        if bias is not None:
+            tensors[f"{name}.bias"] = bias.double() * factor
     if name in plan.into_own_bias:
-        module.bias.add_((lam * shift.detach().double()).to(module.bias.dtype))
+        tensors[f"{name}.bias"] = tensors.get(f"{name}.bias", bias.double()) + lam * shift.detach().double()
+    if f"{name}.bias" in tensors:
+        tensors[f"{name}.bias"] = tensors[f"{name}.bias"].to(bias.dtype)
     for linear_name in plan.into_linears.get(name, []):
         linear = modules[linear_name]
         delta = linear.weight.double() @ (lam * shift.detach().double().to(linear.weight.device))
-        linear.bias.copy_((linear.bias.double() + delta).to(linear.bias.dtype))
+        tensors[f"{linear_name}.bias"] = (linear.bias.double() + delta).to(linear.bias.dtype)
+    return tensors
