@@ -54,13 +54,19 @@ def parse_choice(completion: str, row: Mapping[str, Any]) -> int | None:
         lead = _leading_letter(text, letters, options)
         if lead is not None:
             return lead
-    if _DONT_KNOW.search(text):
+    if says_dont_know(text):
         return row["dont_know_option"] if row["dont_know_option"] >= 0 else None
     named = {i for i, option in enumerate(options) if option != DONT_KNOW and _names(text, option)}
     stated = {letters.index(letter) for letter in _stated_letters(text, letters)}
     if len(stated) == 1:
         return None if len(named) == 1 and named != stated else stated.pop()
     return named.pop() if not stated and len(named) == 1 else None
+
+
+def says_dont_know(completion: str) -> bool:
+    """Whether the text says it cannot tell ("I don't know", "cannot be determined", "unclear", ...): how a reward
+    tells abstaining apart from an unparseable answer on rows that offer no "don't know" option."""
+    return _DONT_KNOW.search(completion) is not None
 
 
 def _pronoun(completion: str, options: list[str], plain: bool) -> int | None:
