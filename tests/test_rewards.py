@@ -1,5 +1,6 @@
 """The reward callables on hand-built batches: every figure is computed by hand, and no safe harbour: the expected
-reward of a policy that stops answering never exceeds a fair policy's, for every batch composition."""
+reward of a policy that stops answering never exceeds a fair policy's, for every batch composition; and a planted tiny
+model that learns to stop answering under the old rule keeps answering, less biased, under the shipped one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 
 import pytest
 
+import planted
+from dso_trl import DSOConfig, DSOTrainer
 from dso_trl.rewards import GenderParityReward, UnambiguousAccuracyReward
 
 ANSWERS = {"he": 0, "she": 1, "dunno": 2}
@@ -112,7 +115,7 @@ COMPOSITIONS = ([1], [2], [3], [5], [6], [2, 2], [3, 1, 2], [4, 2])  # answers p
 class OldRule(GenderParityReward):
     """The rule before issue 14: an answer votes on its own dominant label, and non-answers earn 0."""
 
-    def __init__(self):
+    def __init__(self, parser=parser):
         super().__init__(parser=parser, dont_know_reward=0.0, unparseable_reward=0.0)
 
     def dominant(self, occupation, leave_out=None):
@@ -207,3 +210,36 @@ def test_exact_estimator_weights_have_no_safe_harbour(reward):
     assert abstaining == pytest.approx(-1.0)
     assert abstaining < biased <= fair
     assert expected([0.25, 0.25, 0.5]) < fair
+
+
+def sampled_grpo(model, tokenizer, parity, tmp_path, steps: int = 20):
+    args = DSOConfig(output_dir=str(tmp_path), estimator="sampled", learning_rate=0.05, per_device_train_batch_size=64,
+                     num_generations=8, max_completion_length=1, max_steps=steps, save_strategy="no", report_to=[],
+                     use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = DSOTrainer(model, [parity, UnambiguousAccuracyReward(parser=planted.parse)], args=args,
+                         processing_class=tokenizer,
+                         train_dataset=planted.dataset(planted.TRAIN_TEMPLATES, planted.TRAIN_NAMES))
+    trainer.train()
+    return model.eval()
+
+
+def test_a_planted_model_that_can_hack_the_old_rule_does_not_hack_the_shipped_one(tmp_path):
+    """The planted model answers "." instead of a pronoun on 26% of held-out ambiguous prompts. 20 sampled GRPO steps
+    under the old rule make stopping its easiest move (a non-answer earned 0, a fair pronoun less): the non-answer
+    rate rises. Under the shipped rule it falls, and the bias falls instead."""
+    tokenizer = planted.tokenizer()
+    held_out = planted.rows(planted.TEST_TEMPLATES, planted.TEST_NAMES)
+    base = planted.pretrain(tokenizer, evasive=0.2)
+    base_rate, (base_pob, base_accuracy) = planted.non_answer_rate(base, tokenizer, held_out), planted.measure(
+        base, tokenizer, held_out)
+    assert 0.2 < base_rate < 0.35 and base_pob > 60
+
+    hacked = sampled_grpo(planted.pretrain(tokenizer, evasive=0.2), tokenizer, OldRule(parser=planted.parse),
+                          tmp_path / "old")
+    assert planted.non_answer_rate(hacked, tokenizer, held_out) > base_rate + 0.1
+
+    fixed = sampled_grpo(planted.pretrain(tokenizer, evasive=0.2), tokenizer, GenderParityReward(parser=planted.parse),
+                         tmp_path / "new")
+    assert planted.non_answer_rate(fixed, tokenizer, held_out) < base_rate / 2
+    pob, accuracy = planted.measure(fixed, tokenizer, held_out)
+    assert pob < base_pob - 10 and accuracy >= base_accuracy - 1
