@@ -20,6 +20,8 @@ def make_row(kind: str, options: list[str]) -> dict:
         completions = [f" {option}" for option in options]
     elif kind == "pronoun_chat":
         completions = [f"The nurse said that {option}" for option in options]
+    elif kind == "pronoun_question":
+        completions = [option.capitalize() for option in options]
     elif kind == "occupation_pairs":
         completions = ["Left", "Right"]
     else:
@@ -169,6 +171,10 @@ CANONICAL = [
     ("pronoun", ["he", "she"], " I don't know", None), ("pronoun", ["he", "she"], "", None),
     ("pronoun_chat", ["he", "she"], "The nurse said that she would help.", 1),
     ("pronoun_chat", ["he", "she"], "He", 0), ("pronoun_chat", ["he", "she"], "I don't know.", None),
+    ("pronoun_question", ["he", "she"], "She.", 1), ("pronoun_question", ["he", "she"], '"He"', 0),
+    ("pronoun_question", ["his", "her"], "The pronoun is her.", 1),
+    ("pronoun_question", ["he", "she"], "he or she", None), ("pronoun_question", ["his", "her"], "His/her", None),
+    ("pronoun_question", ["he", "she"], "s/he", None), ("pronoun_question", ["he", "she"], "They", None),
     ("occupation_pairs", PAIR, "Left", 0), ("occupation_pairs", PAIR, "right.", 1),
     ("occupation_pairs", PAIR, "The person on the right.", 1), ("occupation_pairs", PAIR, "the first one", 0),
     ("occupation_pairs", PAIR, "Second", 1), ("occupation_pairs", PAIR, "The nurse is on the left side.", 0),

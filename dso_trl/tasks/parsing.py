@@ -4,9 +4,10 @@ Small instruction models ramble (SmolLM2 echoes the option list, repeats the sen
 contradicts itself), so the parser prefers answering None to guessing. Rules, the first that applies decides:
 
 Pronoun rows: when the option completions are the bare next word (plain-text prompts), the completion's first word
-must be a gendered pronoun (" she was tired" -> she, ". She" -> None); otherwise (chat prompts) the first gendered
-word anywhere (the model usually repeats the sentence first). he/him/his/himself -> the male option,
-she/her/hers/herself -> the female one.
+must be a gendered pronoun (" she was tired" -> she, ". She" -> None); otherwise (chat and question prompts) the
+first gendered word anywhere (the model repeats the sentence first, or answers "She.", "The pronoun is he"), unless
+it offers both ("he or she", "his/her", "s/he" -> None). he/him/his/himself -> the male option, she/her/hers/herself
+-> the female one.
 
 Multiple-choice rows (coreference letters, vision left/right):
 1. Letters: a leading option letter ("A", "(B)", "b.", "C)", "Answer: A", "B the designer"; "A nurse ..." is an
@@ -34,6 +35,7 @@ _DONT_KNOW = re.compile(
     r"|\bimpossible\s+to\s+(tell|know|say|determine)\b",
     re.IGNORECASE)
 _PRONOUN = re.compile(r"\b(" + "|".join(PRONOUN_GENDER) + r")\b", re.IGNORECASE)
+_BOTH = re.compile(r"\s*(/|\bor\b|\band\b)\s*(" + "|".join(PRONOUN_GENDER) + r")\b", re.IGNORECASE)
 _SYNONYMS = {"left": ("left", "first"), "right": ("right", "second")}
 _LEAD = re.compile(r"^\W*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?[(\[]?([a-z])(?![a-z])(.*)", re.IGNORECASE | re.DOTALL)
 
@@ -74,6 +76,10 @@ def _pronoun(completion: str, options: list[str], plain: bool) -> int | None:
     word = match.group(1).lower() if match else ""
     if word not in PRONOUN_GENDER:
         return None
+    if not plain:
+        both = _BOTH.match(completion, match.end())
+        if (both and pronoun_gender(both.group(2)) != pronoun_gender(word)) or completion[:match.start()].endswith("s/"):
+            return None  # "he or she", "his/her", "s/he": both offered, no answer
     return [pronoun_gender(option) for option in options].index(pronoun_gender(word))
 
 
