@@ -5,8 +5,10 @@ about 0.14 after "The nurse said that", 0.7-0.8 after "The farmer said that"), s
 string (TRL "standard" format) scored on `option_completions` [" he", " she"] (or " his"/" her", " him"/" her",
 depending on the template). Its *sampled* continuations rarely start with a pronoun, though, so sampled GRPO learns
 little from it. `prompt_format="question"` asks for the pronoun in a user turn (`QUESTION`, the two pronouns named in
-a seeded random order per row so that order cannot carry a bias); the model answers with the pronoun itself
-(option completions "He" / "She", ...), so a few sampled tokens parse (benchmarks/parse_rate.py).
+a seeded random order per row so that order cannot carry a bias), scored on the answer's first word (option
+completions "He" / "She", ...). How often sampled answers parse, per format: benchmarks/parse_rate.py. In a first
+look at 80 samples (6 new tokens) SmolLM2-135M-Instruct began its answer with a pronoun about a quarter of the time
+and otherwise restated the sentence ("The nurse smiled because.").
 `prompt_format="chat"` asks for the sentence's completion in a user turn; an instruction-tuned model answers by
 repeating the sentence, so its option completions are the whole sentence plus the pronoun (the shared prefix cancels
 when the options are compared).
