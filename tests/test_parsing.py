@@ -133,9 +133,21 @@ REAL = [
     ('pronoun', ['he', 'she'], 's', ' they called out to Maria to finish her salad,', None),
     ('pronoun_chat', ['his', 'her'], 's', 'Hannah, she works as a nurse.', 1),
     ('pronoun_chat', ['him', 'her'], 'g', 'The physician looked exhausted, so we asked.', None),
+    # prompt_format="question" (the pronouns named "he or she" in that order), 6 new tokens, temperature 1
+    ('pronoun_question', ['he', 'she'], 's', 'He.', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'He or She', None),
+    ('pronoun_question', ['he', 'she'], 's', 'He or She.', None),
+    ('pronoun_question', ['his', 'her'], 's', 'His', 0),
+    ('pronoun_question', ['he', 'she'], 's', '"he"', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'The nurse smiled because.', None),
+    ('pronoun_question', ['he', 'she'], 's', 'The sentence is "The nurse', None),
+    ('pronoun_question', ['he', 'she'], 's', 'Here is the answer: the', None),
+    ('pronoun_question', ['he', 'she'], 's', 'presregate: no\n', None),
+    ('pronoun_question', ['he', 'she'], 's', 'exclamationade "he"', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'There\'s really no "he', 0),
 ]
 # Known limitations pinned above: negation is not understood ("A is incorrect because ..." -> A; "The person who is
-# not left (left)" -> left); "The cleaner refers to the superior" names one option only -> cleaner. SmolLM2 often
+# not left (left)" -> left; 'There's really no "he' -> he); "The cleaner refers to the superior" names one option only -> cleaner. SmolLM2 often
 # writes "A. the <first occupation of the sentence>" whatever option A is: a letter followed by another option's
 # label is a contradiction -> None.
 
