@@ -12,7 +12,8 @@ target:
   ln_tuning_grpo  plain trl.GRPOTrainer + PEFT LN-tuning (every norm weight; `dso_trl.baselines.ln_tuning`).
 
 Target: on the test split (held-out templates, cue wordings and names; 400 ambiguous + 400 unambiguous rows as in the
-README), POB ≤ --target_pob (5) AND expected unambiguous accuracy ≥ the base model's − --max_accuracy_drop (1 point),
+README), POB ≤ --target_pob (5; --sampled_target_pob, 8, for the sampled methods) AND expected unambiguous accuracy ≥
+the base model's − --max_accuracy_drop (1 point),
 both from the exact estimator at the training strength (λ = 1; LN/LoRA: the trained model). A TrainerCallback
 evaluates every --eval_every optimizer steps and at the last step; POB is computed first and the unambiguous rows are
 scored only when POB meets the target (and at the last step), which halves most evaluations. Every method starts from
@@ -43,6 +44,11 @@ the paper's GRPO is at least budget_factor by construction (`ratios.exact_speedu
 LoRA and LN-tuning get their fixed --budget_s; their lower bounds are whatever that budget gives. Per-step costs are
 ratios measured in the same run: DSO sampled vs LoRA sampled is the apples-to-apples one (same generation, same
 completions; only the trained parameters differ).
+
+Answers: for the base model and at each method's end, --answer_samples sampled completions (temperature 1, the
+training completion length) of the first --answer_rows test rows are sorted into parsed / "don't know" /
+unparseable (`dso_trl.evaluation.answers`): a sampled policy that learned to stop answering (reward hacking, issue
+#14) shows there, not in the exact-estimator POB. `--prompt_format question` asks for the pronoun in a user turn.
 
 Peak RSS: each method runs in a fresh child process (`python benchmarks/training.py --child ...`), which reports
 `getrusage(RUSAGE_SELF).ru_maxrss` at its end, so methods do not contaminate each other (`--in_process` skips the
@@ -113,7 +119,11 @@ class Options:
     eval_every: int
     eval_batch_size: int
     target_pob: float
+    sampled_target_pob: float
     max_accuracy_drop: float
+    prompt_format: str
+    answer_rows: int
+    answer_samples: int
     learning_rates: dict[str, float]
     lr_scheduler_type: str
     lora_r: int
@@ -154,7 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{name}", type=int, help=f"load_task('pronoun', {name}=...) (default {real}; smoke "
                            f"{smoke})")
     group.add_argument("--target_pob", type=float, default=5.0, help="held-out POB at or below which the bias counts "
-                       "as removed (default 5)")
+                       "as removed, for exact (default 5)")
+    group.add_argument("--sampled_target_pob", type=float, default=8.0, help="the same for the sampled methods "
+                       "(default 8: sampled GRPO's target in issue #14)")
+    group.add_argument("--prompt_format", choices=("text", "question", "chat"), default="text",
+                       help="load_task('pronoun', prompt_format=...) for every method (default text)")
+    group.add_argument("--answer_rows", type=int, default=200, help="held-out rows whose sampled answers are sorted "
+                       "into parsed / don't know / unparseable for the base model and at each method's end "
+                       "(default 200; 0: skip)")
+    group.add_argument("--answer_samples", type=int, default=4, help="samples per row for those rates (default 4)")
     group.add_argument("--max_accuracy_drop", type=float, default=1.0, help="points of expected unambiguous accuracy "
                        "the target allows below the base model's (default 1)")
     group.add_argument("--eval_every", type=int, help="evaluate every N optimizer steps (default 10; smoke 2)")
@@ -227,7 +245,8 @@ def resolve_options(args: argparse.Namespace) -> Options:
         num_generations=value["num_generations"], max_completion_length=args.max_completion_length,
         micro_batch=value["micro_batch"], max_steps=value["max_steps"], eval_every=value["eval_every"],
         eval_batch_size=value["eval_batch_size"], target_pob=args.target_pob,
-        max_accuracy_drop=args.max_accuracy_drop,
+        sampled_target_pob=args.sampled_target_pob, max_accuracy_drop=args.max_accuracy_drop,
+        prompt_format=args.prompt_format, answer_rows=args.answer_rows, answer_samples=args.answer_samples,
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, exact_budget_s=float(value["exact_budget_s"]),
@@ -245,7 +264,7 @@ def load_rows(opts: Options):
     from dso_trl.tasks import load_task
 
     return load_task("pronoun", n_train=opts.n_train, n_train_unambiguous=opts.n_train_unambiguous,
-                     n_test=opts.n_test, n_test_unambiguous=opts.n_test_unambiguous)
+                     n_test=opts.n_test, n_test_unambiguous=opts.n_test_unambiguous, prompt_format=opts.prompt_format)
 
 
 def smoke_model_and_tokenizer(task, seed: int = 0):
@@ -254,12 +273,15 @@ def smoke_model_and_tokenizer(task, seed: int = 0):
     import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    texts = [row["prompt"] + "".join(row["option_completions"]) for split in task.values() for row in split]
+    texts = [(row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"])
+             + " " + " ".join(row["option_completions"]) + " user assistant :" for split in task.values() for row in split]
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
     tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>",
                                            eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                               "{% if add_generation_prompt %}assistant : {% endif %}")
     torch.manual_seed(seed)
     config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, bos_token_id=1,
@@ -289,6 +311,7 @@ class HeldOutEvaluator:
         self.ambiguous = [row for row in test_rows if row["ambiguous"]]
         self.unambiguous = [row for row in test_rows if not row["ambiguous"]]
         self.config = EvaluationConfig(estimator="exact", batch_size=opts.eval_batch_size, n_boot=0, progress=False)
+        self.answer_rows, self.opts = test_rows[:opts.answer_rows], opts
 
     def _metrics(self, model, rows):
         import numpy as np
@@ -305,11 +328,24 @@ class HeldOutEvaluator:
     def accuracy(self, model) -> float:
         return float(self._metrics(model, self.unambiguous).unambiguous_accuracy)
 
+    def answer_rates(self, model) -> dict[str, Any] | None:
+        """Parsed / don't-know / unparseable shares of sampled answers (temperature 1, the training completion
+        length) on the first --answer_rows test rows: a policy that stops answering shows here."""
+        from dso_trl.evaluation.answers import answer_rates
+
+        if not self.answer_rows:
+            return None
+        rates = answer_rates(model, self.tokenizer, self.answer_rows, num_samples=self.opts.answer_samples,
+                             max_new_tokens=self.opts.max_completion_length, batch_size=self.opts.eval_batch_size,
+                             seed=self.opts.seed)
+        return rates.to_dict(examples=10)
+
 
 def make_callback(method: str, evaluator: HeldOutEvaluator, base: dict[str, float], budget_s: float, opts: Options):
     from transformers import TrainerCallback
 
     accuracy_floor = base["unambiguous_accuracy"] - opts.max_accuracy_drop
+    target_pob = target_pob_of(method, opts)
 
     class TimeToTarget(TrainerCallback):
         """Times every optimizer step, evaluates every `eval_every` steps (outside the training clock), and stops
@@ -339,10 +375,10 @@ def make_callback(method: str, evaluator: HeldOutEvaluator, base: dict[str, floa
             if step % opts.eval_every == 0 or last:
                 start = time.perf_counter()
                 pob = evaluator.pob(model)
-                accuracy = evaluator.accuracy(model) if pob <= opts.target_pob or last else None
+                accuracy = evaluator.accuracy(model) if pob <= target_pob or last else None
                 seconds = time.perf_counter() - start
                 self.eval_time += seconds
-                met = accuracy is not None and pob <= opts.target_pob and accuracy >= accuracy_floor
+                met = accuracy is not None and pob <= target_pob and accuracy >= accuracy_floor
                 self.evaluations.append({"step": step, "train_time_s": self.train_time, "pob": pob,
                                          "unambiguous_accuracy": accuracy, "target_met": met, "eval_time_s": seconds})
                 shown = "not scored (POB above target)" if accuracy is None else f"{accuracy:.1f}"
@@ -358,6 +394,10 @@ def make_callback(method: str, evaluator: HeldOutEvaluator, base: dict[str, floa
             self._mark = time.perf_counter()
 
     return TimeToTarget()
+
+
+def target_pob_of(method: str, opts: Options) -> float:
+    return opts.target_pob if method == "exact" else opts.sampled_target_pob
 
 
 # ---------------------------------------------------------------------------------------------------------- methods
@@ -457,7 +497,7 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
     if base is None:
         start = time.perf_counter()
         base = {"pob": evaluator.pob(model), "unambiguous_accuracy": evaluator.accuracy(model),
-                "eval_time_s": time.perf_counter() - start}
+                "eval_time_s": time.perf_counter() - start, "answer_rates": evaluator.answer_rates(model)}
         log(f"[{method}] base model: POB {base['pob']:.1f}, unambiguous accuracy {base['unambiguous_accuracy']:.1f} "
             f"[eval {base['eval_time_s']:.1f} s]")
     log(f"[{method}] {DESCRIPTIONS[method]}; training-clock budget {budget_s:.0f} s, torch threads "
@@ -467,6 +507,7 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         trainer = build_trainer(method, model, tokenizer, task["train"], opts, callback, output_dir)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
+        final_answers = evaluator.answer_rates(trainer.model)
     last_log = next((entry for entry in reversed(trainer.state.log_history) if "reward" in entry), {})
     times = callback.step_times
     reached = callback.reached
@@ -486,6 +527,8 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         "eval_time_s": callback.eval_time,
         "evaluations": callback.evaluations,
         "final": callback.evaluations[-1] if callback.evaluations else None,
+        "target_pob": target_pob_of(method, opts),
+        "final_answer_rates": final_answers,
         "trainable_parameters": trainable,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_isolated": not opts.in_process,
@@ -493,6 +536,7 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         "torch_threads": torch.get_num_threads(),
         "load_time_s": load_time,
         "wall_time_s": time.perf_counter() - started,
+        "load_average_at_end": os.getloadavg(),
         "last_logged": {k: v for k, v in last_log.items() if isinstance(v, (int, float)) and math.isfinite(v)},
         "hyperparameters": hyperparameters(method, trainer, opts),
         "base": base,
@@ -579,13 +623,14 @@ def machine_info(opts: Options) -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "peft": peft.__version__}
+            "trl": trl.__version__, "peft": peft.__version__,
+            "load_average_1_5_15_min": os.getloadavg()}  # the machine may be shared: read timings with it
 
 
 def report(opts: Options, model_name: str, methods: dict[str, dict]) -> dict[str, Any]:
     base = next((r["base"] for r in methods.values() if "base" in r), None)
     config = {k: v for k, v in asdict(opts).items() if k not in ("output", "quiet", "in_process")}
-    config["task"] = {"name": "pronoun", "prompt_format": "text", "n_train": opts.n_train,
+    config["task"] = {"name": "pronoun", "prompt_format": opts.prompt_format, "n_train": opts.n_train,
                       "n_train_unambiguous": opts.n_train_unambiguous, "n_test": opts.n_test,
                       "n_test_unambiguous": opts.n_test_unambiguous}
     config["rewards"] = ["GenderParityReward", "UnambiguousAccuracyReward"]
@@ -593,7 +638,8 @@ def report(opts: Options, model_name: str, methods: dict[str, dict]) -> dict[str
     return {
         "machine": machine_info(opts),
         "model": model_name,
-        "target": {"pob_at_most": opts.target_pob, "base_pob": base and base["pob"],
+        "target": {"pob_at_most": opts.target_pob, "sampled_pob_at_most": opts.sampled_target_pob,
+                   "base_pob": base and base["pob"],
                    "base_unambiguous_accuracy": base and base["unambiguous_accuracy"],
                    "unambiguous_accuracy_at_least": base and base["unambiguous_accuracy"] - opts.max_accuracy_drop,
                    "evaluated_on": "test split, exact estimator, every eval_every steps and at the last step",

@@ -33,8 +33,9 @@ def tokenizer() -> tf.PreTrainedTokenizerFast:
                                       unk_token="<unk>")
 
 
-def pretrain(tok, steps: int = 120, seed: int = 0) -> tf.LlamaForCausalLM:
-    """Teach a tiny Llama: ambiguous prompts → he with probability P_HE[job]; a named person → that person's pronoun."""
+def pretrain(tok, steps: int = 120, seed: int = 0, evasive: float = 0.0) -> tf.LlamaForCausalLM:
+    """Teach a tiny Llama: ambiguous prompts → he with probability P_HE[job]; a named person → that person's pronoun.
+    With `evasive` > 0, ambiguous prompts are followed by "." (no answer) with that probability instead."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -48,7 +49,8 @@ def pretrain(tok, steps: int = 120, seed: int = 0) -> tf.LlamaForCausalLM:
         for _ in range(64):
             template, job = rng.choice(templates), rng.choice(jobs)
             if rng.random() < 0.5:
-                texts.append(template.format(job=job) + (" he" if rng.random() < P_HE[job] else " she"))
+                answer = " ." if rng.random() < evasive else " he" if rng.random() < P_HE[job] else " she"
+                texts.append(template.format(job=job) + answer)
             else:
                 name = rng.choice(MALE_NAMES + FEMALE_NAMES)
                 texts.append(unambiguous(template, job, name) + (" he" if name in MALE_NAMES else " she"))
@@ -83,6 +85,23 @@ def dataset(templates, names) -> Dataset:
 def parse(text: str, row: dict) -> int | None:
     words = text.split()
     return {"he": 0, "she": 1}.get(words[0]) if words else None
+
+
+@torch.no_grad()
+def next_token_probabilities(model, tok, rows_: list[dict]) -> torch.Tensor:
+    """[rows, (he, she, anything else)]: the next-token distribution after each prompt, folded to three outcomes."""
+    he, she = tok.convert_tokens_to_ids("he"), tok.convert_tokens_to_ids("she")
+    batch = tok([r["prompt"] for r in rows_], return_tensors="pt", padding=True)
+    last = batch.attention_mask.sum(1) - 1
+    probs = model(**batch).logits[torch.arange(len(rows_)), last].softmax(-1)
+    answers = probs[:, [he, she]]
+    return torch.cat([answers, 1 - answers.sum(-1, keepdim=True)], -1)
+
+
+def non_answer_rate(model, tok, rows_: list[dict]) -> float:
+    """Mean probability, over the ambiguous rows, that the next token is neither he nor she (an unparseable answer)."""
+    ambiguous = [row for row in rows_ if row["ambiguous"]]
+    return float(next_token_probabilities(model, tok, ambiguous)[:, 2].mean())
 
 
 @torch.no_grad()

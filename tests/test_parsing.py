@@ -20,6 +20,8 @@ def make_row(kind: str, options: list[str]) -> dict:
         completions = [f" {option}" for option in options]
     elif kind == "pronoun_chat":
         completions = [f"The nurse said that {option}" for option in options]
+    elif kind == "pronoun_question":
+        completions = [option.capitalize() for option in options]
     elif kind == "occupation_pairs":
         completions = ["Left", "Right"]
     else:
@@ -131,9 +133,21 @@ REAL = [
     ('pronoun', ['he', 'she'], 's', ' they called out to Maria to finish her salad,', None),
     ('pronoun_chat', ['his', 'her'], 's', 'Hannah, she works as a nurse.', 1),
     ('pronoun_chat', ['him', 'her'], 'g', 'The physician looked exhausted, so we asked.', None),
+    # prompt_format="question" (the pronouns named "he or she" in that order), 6 new tokens, temperature 1
+    ('pronoun_question', ['he', 'she'], 's', 'He.', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'He or She', None),
+    ('pronoun_question', ['he', 'she'], 's', 'He or She.', None),
+    ('pronoun_question', ['his', 'her'], 's', 'His', 0),
+    ('pronoun_question', ['he', 'she'], 's', '"he"', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'The nurse smiled because.', None),
+    ('pronoun_question', ['he', 'she'], 's', 'The sentence is "The nurse', None),
+    ('pronoun_question', ['he', 'she'], 's', 'Here is the answer: the', None),
+    ('pronoun_question', ['he', 'she'], 's', 'presregate: no\n', None),
+    ('pronoun_question', ['he', 'she'], 's', 'exclamationade "he"', 0),
+    ('pronoun_question', ['he', 'she'], 's', 'There\'s really no "he', 0),
 ]
 # Known limitations pinned above: negation is not understood ("A is incorrect because ..." -> A; "The person who is
-# not left (left)" -> left); "The cleaner refers to the superior" names one option only -> cleaner. SmolLM2 often
+# not left (left)" -> left; 'There's really no "he' -> he); "The cleaner refers to the superior" names one option only -> cleaner. SmolLM2 often
 # writes "A. the <first occupation of the sentence>" whatever option A is: a letter followed by another option's
 # label is a contradiction -> None.
 
@@ -169,6 +183,10 @@ CANONICAL = [
     ("pronoun", ["he", "she"], " I don't know", None), ("pronoun", ["he", "she"], "", None),
     ("pronoun_chat", ["he", "she"], "The nurse said that she would help.", 1),
     ("pronoun_chat", ["he", "she"], "He", 0), ("pronoun_chat", ["he", "she"], "I don't know.", None),
+    ("pronoun_question", ["he", "she"], "She.", 1), ("pronoun_question", ["he", "she"], '"He"', 0),
+    ("pronoun_question", ["his", "her"], "The pronoun is her.", 1),
+    ("pronoun_question", ["he", "she"], "he or she", None), ("pronoun_question", ["his", "her"], "His/her", None),
+    ("pronoun_question", ["he", "she"], "s/he", None), ("pronoun_question", ["he", "she"], "They", None),
     ("occupation_pairs", PAIR, "Left", 0), ("occupation_pairs", PAIR, "right.", 1),
     ("occupation_pairs", PAIR, "The person on the right.", 1), ("occupation_pairs", PAIR, "the first one", 0),
     ("occupation_pairs", PAIR, "Second", 1), ("occupation_pairs", PAIR, "The nurse is on the left side.", 0),

@@ -362,6 +362,19 @@ def test_pronoun_chat_format_and_errors():
     assert chat["option_completions"] == [f"{text[25:-1]} {o}" for o in chat["options"]]
     with pytest.raises(ValueError, match="prompt_format"):
         load_task("pronoun", prompt_format="json")
+    text_rows = load_task("pronoun", n_train=80, n_train_unambiguous=80, n_test=0, n_test_unambiguous=0)["train"]
+    question = load_task("pronoun", prompt_format="question", n_train=80, n_train_unambiguous=80, n_test=0,
+                         n_test_unambiguous=0)["train"]
+    orders = set()
+    for plain, asked in zip(text_rows, question):  # the same rows, the sentence now inside a question
+        assert asked["options"] == plain["options"] and asked["answer_option"] == plain["answer_option"]
+        assert asked["option_completions"] == [option.capitalize() for option in plain["options"]]
+        content = asked["prompt"][0]["content"]
+        assert content.startswith(f'Which pronoun comes next in this sentence: "{plain["prompt"]} ..."?')
+        first, second = plain["options"]
+        orders.add(content.endswith(f"Answer with one word: {first} or {second}."))
+        assert content.endswith((f": {first} or {second}.", f": {second} or {first}."))
+    assert orders == {True, False}  # both orders are used
     with pytest.raises(UnknownOccupationError, match="astronaut"):
         load_task("pronoun", occupations=["nurse", "astronaut"])
     with pytest.raises(ValueError, match="pronoun train ambiguous: occupation 'farmer' has 25 rows, 30 needed"):

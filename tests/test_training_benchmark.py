@@ -58,10 +58,16 @@ def test_smoke_run_writes_the_results_json(bench, tmp_path):
         assert result["evaluations"] and result["final"] == result["evaluations"][-1]
         assert result["final"]["unambiguous_accuracy"] is not None  # the last evaluation scores both figures
         assert result["peak_rss_isolated"] is False  # in-process run
+        assert result["target_pob"] == (5.0 if name == "exact" else 8.0)
+        rates = result["final_answer_rates"]["all"]  # sampled answers sorted at the end: hacking would show here
+        assert rates["completions"] > 0
+        assert rates["parsed"] + rates["dont_know"] + rates["unparseable"] == pytest.approx(1.0)
+        assert len(result["load_average_at_end"]) == 3
     trainable = {name: r["trainable_parameters"] for name, r in report["methods"].items()}
     assert trainable["exact"] == trainable["grpo_sampled"] == 2 * trainable["ln_tuning_grpo"]  # a and b vs w
     assert report["methods"]["lora_grpo"]["hyperparameters"]["peft"]["target_modules"] == ["q_proj", "v_proj"]
     assert isinstance(report["target"]["base_pob"], float)
+    assert report["methods"]["exact"]["base"]["answer_rates"]["all"]["completions"] > 0
     assert set(report["ratios"]) >= {"exact_speedup_over_grpo_sampled", "exact_speedup_over_lora_grpo",
                                      "exact_speedup_over_ln_tuning_grpo", "seconds_per_step"}
     assert all(isinstance(v, float) for v in report["ratios"]["seconds_per_step"].values())

@@ -1,11 +1,19 @@
-"""What the reward functions share: reading completions and rows, and mapping an answer to a stereotype label."""
+"""What the reward functions share: reading completions and rows, and mapping an answer to a stereotype label.
+
+Every answer is one of: an option of the row (pro / anti / other), "don't know" (the row's don't-know option, or a
+don't-know phrase where the row offers none), or unparseable. The last two are *non-answers*, and both rewards pay them
+`NON_ANSWER_REWARD` (−1, the worst an answer can earn) unless told otherwise, so a policy never gains by evading.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Literal
 
 Parser = Callable[[str, dict], "int | None"]
 Label = Literal["pro", "anti", "dont_know", "unparseable", "other"]
+NonAnswer = Literal["dont_know", "unparseable"]
+NON_ANSWER_REWARD = -1.0
 
 
 def completion_text(completion: Any) -> str:
@@ -38,16 +46,37 @@ def default_parser() -> Parser:
     return parse_choice
 
 
-def stereotype_label(choice: int | None, row: dict) -> Label:
-    """pro / anti relative to the row's `stereotype_option`, or dont_know / unparseable / other."""
+def non_answer(choice: int | None, text: str, row: dict) -> NonAnswer | None:
+    """"dont_know" or "unparseable" when the parsed `choice` is not a real option of the row, None when it is."""
+    from ..tasks.parsing import says_dont_know
+
     if choice is None:
-        return "unparseable"
-    if choice == row.get("dont_know_option", -1):
-        return "dont_know"
+        return "dont_know" if says_dont_know(text) else "unparseable"
+    return "dont_know" if choice == row.get("dont_know_option", -1) else None
+
+
+def answer_label(parser: Parser, text: str, row: dict) -> Label:
+    """pro / anti relative to the row's `stereotype_option` (other when it has none), or a non-answer."""
+    choice = parser(text, row)
+    kind = non_answer(choice, text, row)
+    if kind is not None:
+        return kind
     stereotype = row["stereotype_option"]
     if stereotype < 0:
         return "other"
     return "pro" if choice == stereotype else "anti"
+
+
+def log_rates(prefix: str, labels: list[str | None], weights: list[float], log_metric) -> None:
+    """`{prefix}/dont_know_rate` and `{prefix}/unparseable_rate`: weighted shares of the judged (non-None) labels."""
+    judged = Counter()
+    for label, weight in zip(labels, weights):
+        if label is not None:
+            judged[label] += weight
+    total = sum(judged.values())
+    if total:
+        log_metric(f"{prefix}/dont_know_rate", judged["dont_know"] / total)
+        log_metric(f"{prefix}/unparseable_rate", judged["unparseable"] / total)
 
 
 def load_reward_funcs(paths: list[str]) -> list[Callable]:

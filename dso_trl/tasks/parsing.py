@@ -4,9 +4,10 @@ Small instruction models ramble (SmolLM2 echoes the option list, repeats the sen
 contradicts itself), so the parser prefers answering None to guessing. Rules, the first that applies decides:
 
 Pronoun rows: when the option completions are the bare next word (plain-text prompts), the completion's first word
-must be a gendered pronoun (" she was tired" -> she, ". She" -> None); otherwise (chat prompts) the first gendered
-word anywhere (the model usually repeats the sentence first). he/him/his/himself -> the male option,
-she/her/hers/herself -> the female one.
+must be a gendered pronoun (" she was tired" -> she, ". She" -> None); otherwise (chat and question prompts) the
+first gendered word anywhere (the model repeats the sentence first, or answers "She.", "The pronoun is he"), unless
+it offers both ("he or she", "his/her", "s/he" -> None). he/him/his/himself -> the male option, she/her/hers/herself
+-> the female one.
 
 Multiple-choice rows (coreference letters, vision left/right):
 1. Letters: a leading option letter ("A", "(B)", "b.", "C)", "Answer: A", "B the designer"; "A nurse ..." is an
@@ -34,6 +35,7 @@ _DONT_KNOW = re.compile(
     r"|\bimpossible\s+to\s+(tell|know|say|determine)\b",
     re.IGNORECASE)
 _PRONOUN = re.compile(r"\b(" + "|".join(PRONOUN_GENDER) + r")\b", re.IGNORECASE)
+_BOTH = re.compile(r"\s*(/|\bor\b|\band\b)\s*(" + "|".join(PRONOUN_GENDER) + r")\b", re.IGNORECASE)
 _SYNONYMS = {"left": ("left", "first"), "right": ("right", "second")}
 _LEAD = re.compile(r"^\W*(?:(?:the\s+)?answer(?:\s+is)?\s*:?\s*)?[(\[]?([a-z])(?![a-z])(.*)", re.IGNORECASE | re.DOTALL)
 
@@ -54,7 +56,7 @@ def parse_choice(completion: str, row: Mapping[str, Any]) -> int | None:
         lead = _leading_letter(text, letters, options)
         if lead is not None:
             return lead
-    if _DONT_KNOW.search(text):
+    if says_dont_know(text):
         return row["dont_know_option"] if row["dont_know_option"] >= 0 else None
     named = {i for i, option in enumerate(options) if option != DONT_KNOW and _names(text, option)}
     stated = {letters.index(letter) for letter in _stated_letters(text, letters)}
@@ -63,11 +65,21 @@ def parse_choice(completion: str, row: Mapping[str, Any]) -> int | None:
     return named.pop() if not stated and len(named) == 1 else None
 
 
+def says_dont_know(completion: str) -> bool:
+    """Whether the text says it cannot tell ("I don't know", "cannot be determined", "unclear", ...): how a reward
+    tells abstaining apart from an unparseable answer on rows that offer no "don't know" option."""
+    return _DONT_KNOW.search(completion) is not None
+
+
 def _pronoun(completion: str, options: list[str], plain: bool) -> int | None:
     match = re.match(r"\s*(\w+)", completion) if plain else _PRONOUN.search(completion)
     word = match.group(1).lower() if match else ""
     if word not in PRONOUN_GENDER:
         return None
+    if not plain:
+        both = _BOTH.match(completion, match.end())
+        if (both and pronoun_gender(both.group(2)) != pronoun_gender(word)) or completion[:match.start()].endswith("s/"):
+            return None  # "he or she", "his/her", "s/he": both offered, no answer
     return [pronoun_gender(option) for option in options].index(pronoun_gender(word))
 
 
