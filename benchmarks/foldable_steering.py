@@ -29,7 +29,7 @@ VARIANTS = {"full": "all", "foldable": "foldable"}
 def one_variant(name: str, max_steps: int, n_test: int, work_dir: Path) -> dict:
     """The child process: train one variant, sweep λ on held-out rows, save the steering; report as a dict."""
     from dso_trl.demo import DemoArguments, demo_data, sweep_records, train_demo
-    from dso_trl.evaluation import EvaluationConfig, neutral_texts, run_sweep
+    from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, run_sweep
     from dso_trl.models import load_smollm2
 
     args = DemoArguments(max_steps=max_steps, n_test=n_test, progress=False, steering_shift_sites=VARIANTS[name])
@@ -39,7 +39,7 @@ def one_variant(name: str, max_steps: int, n_test: int, work_dir: Path) -> dict:
     steering = trainer.steering
     shifts = sum(1 for parameter_name, _ in steering.named_parameters() if parameter_name.endswith("dso_shift"))
     sweep = run_sweep(steering, tokenizer, test_rows["pronoun"], strengths=args.strengths,
-                      config=EvaluationConfig(progress=False), kl_texts=neutral_texts())
+                      config=EvaluationConfig(progress=False), capability=CapabilitySuite(tokenizer))
     steering.set_strength(1.0)
     steering.save_pretrained(work_dir / name / "steering")
     return {"shift_sites": VARIANTS[name], "sites_with_shift": shifts, "sites": len(steering.sites),
@@ -78,7 +78,8 @@ def main() -> None:
         results[name] = result
         last = result["sweep"][-1]
         print(f"{name}: {result['trainable_parameters']:,} parameters, {result['train_seconds']:.0f} s; at λ = 1 "
-              f"POB {last['pob']:.1f}, accuracy {last['unambiguous_accuracy']:.1f}, KL {last['kl']:.3f}", flush=True)
+              f"POB {last['pob']:.1f}, accuracy {last['unambiguous_accuracy']:.1f}, text KL {last['text_kl']:.3f}",
+              flush=True)
     if "foldable" in results and results["foldable"]["unfoldable_sites"]:
         raise SystemExit("the foldable steering has unfoldable sites: shift_sites='foldable' is broken")
     report = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "task": "pronoun (held-out test split)",

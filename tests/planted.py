@@ -49,7 +49,7 @@ def pretrain(tok, steps: int = 120, seed: int = 0, evasive: float = 0.0) -> tf.L
         for _ in range(64):
             template, job = rng.choice(templates), rng.choice(jobs)
             if rng.random() < 0.5:
-                answer = " ." if rng.random() < evasive else " he" if rng.random() < P_HE[job] else " she"
+                answer = " ." if evasive and rng.random() < evasive else " he" if rng.random() < P_HE[job] else " she"
                 texts.append(template.format(job=job) + answer)
             else:
                 name = rng.choice(MALE_NAMES + FEMALE_NAMES)

@@ -65,6 +65,13 @@ def general_texts(split: str = "eval", *, min_chars: int = 600) -> list[str]:
     return passages
 
 
+def neutral_texts() -> list[str]:
+    """40 short neutral sentences written for this project (no people, occupations or pronouns): a quick, fixed input
+    for exactness checks (e.g. of an export). Not a capability figure: those use `general_texts("eval")`."""
+    text = resources.files("dso_trl").joinpath("data/neutral_texts.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def _paragraph_split(paragraph: str) -> str:
     return "eval" if int(hashlib.sha256(paragraph.encode()).hexdigest(), 16) % 4 == 0 else "train"
 
