@@ -91,7 +91,16 @@ class EvaluationArguments(TaskArguments):
     )
     num_samples: int = field(default=16, metadata={"help": "Sampled estimator: completions per row."})
     batch_size: int = field(default=32, metadata={"help": "Rows per forward pass."})
-    kl: bool = field(default=True, metadata={"help": "Also KL(steered ‖ base) on bundled neutral text."})
+    capability: bool = field(
+        default=True,
+        metadata={"help": "Also measure what the steering changes outside the task, against the base model: KL and "
+                  "perplexity ratio on held-out general prose, and answers to real MMLU questions."},
+    )
+    capability_texts: str | None = field(
+        default=None,
+        metadata={"help": "A UTF-8 file of your own prose (passages separated by blank lines) for the text KL and "
+                  "perplexity figures. Default: held-out paragraphs of Python's documentation (pydoc_data)."},
+    )
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "Where metrics.json goes."})
     report_to: str = field(default="none", metadata={"help": "`wandb`: also log to Weights & Biases.",
                                                      "choices": ["none", "wandb"]})
@@ -251,20 +260,36 @@ def _evaluation_config(args: EvaluationArguments):
     return EvaluationConfig(estimator=args.estimator, batch_size=args.batch_size, num_samples=args.num_samples)
 
 
+def _capability_texts(args: EvaluationArguments) -> list[str] | None:
+    """`--capability_texts`, read before the model loads so a bad path fails at once."""
+    from .evaluation.capability import read_texts
+
+    return read_texts(args.capability_texts) if args.capability and args.capability_texts else None
+
+
+def _capability_suite(args: EvaluationArguments, processing_class: Any, texts: list[str] | None):
+    """The capability suite the options ask for, or None with `--no_capability`."""
+    from .evaluation import CapabilitySuite
+
+    return CapabilitySuite(processing_class, texts=texts) if args.capability else None
+
+
 def _evaluate(argv: list[str]) -> None:
     from .atomic import write_json_atomic
-    from .evaluation import evaluate, neutral_texts, steering_kl
+    from .evaluation import evaluate
     from .tasks import parse_choice
 
     (args,) = _parse("evaluate", (EvaluationArguments,), argv)
     _check_steering(args)
     rows = list(args.load_split("test"))
+    texts = _capability_texts(args)
     steering, processing_class = _steered(args)
     metrics = evaluate(steering.model, processing_class, rows, _evaluation_config(args), parse_choice)
-    kl = steering_kl(steering, processing_class, neutral_texts()) if args.kl and args.steering else None
+    suite = _capability_suite(args, processing_class, texts) if args.steering else None
+    capability = suite.measure(steering).to_dict() if suite is not None else None
     result = {"model": steering.model.config._name_or_path, "steering": args.steering,
-              "strength": steering.strength if args.steering else None, "task": args.task, "kl": kl,
-              **metrics.to_dict()}
+              "strength": steering.strength if args.steering else None, "task": args.task,
+              "capability": capability, **metrics.to_dict()}
     path = Path(args.output_dir) / "metrics.json"
     write_json_atomic(path, result)
     if args.report_to == "wandb":
@@ -275,15 +300,16 @@ def _evaluate(argv: list[str]) -> None:
         run.summary.update({f"evaluate/{key}": value for key, value in result.items()
                             if isinstance(value, (int, float)) and not isinstance(value, bool)})
         run.finish()
-    kl_text = f"  KL {kl:.4f}" if kl is not None else ""
+    outside = (f"  text KL {capability['text_kl']:.4f}  perplexity ×{capability['perplexity_ratio']:.3f}  "
+               f"MMLU agreement {capability['mmlu_agreement']:.1f}%" if capability else "")
     low, high = metrics.intervals.get("pob_debiased", (None, None))
     corrected = f" (bias-corrected {points(metrics.pob_debiased)} [{points(low)}, {points(high)}])" if low else ""
     print(f"POB {points(metrics.pob)}{corrected}  unambiguous accuracy {points(metrics.unambiguous_accuracy)}  "
-          f"don't know {points(metrics.dont_know_ambiguous)}{kl_text}  -> {path}")
+          f"don't know {points(metrics.dont_know_ambiguous)}{outside}  -> {path}")
 
 
 def _sweep(argv: list[str]) -> None:
-    from .evaluation import neutral_texts, run_sweep
+    from .evaluation import run_sweep
     from .tasks import parse_choice
 
     (args,) = _parse("sweep", (SweepArguments,), argv)
@@ -295,8 +321,10 @@ def _sweep(argv: list[str]) -> None:
     _check_steering(args)
     rows = list(args.load_split("test"))
     fit_rows = list(args.load_split("train", n_train=args.n_fit, n_train_unambiguous=0)) if args.baselines else []
+    texts = _capability_texts(args)
     steering, processing_class = _steered(args)
-    config, kl_texts = _evaluation_config(args), neutral_texts() if args.kl else None
+    config, suite = _evaluation_config(args), _capability_suite(args, processing_class, texts)
+    kl_texts = suite.texts if suite is not None else None
     baselines = []
     if args.baselines:
         from .baselines import sweep_baseline
@@ -307,7 +335,7 @@ def _sweep(argv: list[str]) -> None:
                 baselines.append(sweep_baseline(baseline, steering.model, processing_class, rows, config=config,
                                                 parser=parse_choice, kl_texts=kl_texts))
     sweep = run_sweep(steering, processing_class, rows, strengths=args.strengths, keep_fractions=args.keep_fractions,
-                      config=config, parser=parse_choice, kl_texts=kl_texts, baselines=baselines,
+                      config=config, parser=parse_choice, capability=suite, baselines=baselines,
                       output_dir=args.output_dir)
     if args.report_to == "wandb":
         from .evaluation.plots import PLOTS
@@ -316,8 +344,11 @@ def _sweep(argv: list[str]) -> None:
         log_sweep(sweep, {kind: Path(args.output_dir) / file for kind, file in PLOTS.items()},
                   config={"model": steering.model.config._name_or_path, "steering": args.steering, "task": args.task})
     for point in sweep.points:
+        c = point.capability
+        outside = (f"  text KL {c.text_kl:.4f}  perplexity ×{c.perplexity_ratio:.3f}  MMLU agreement "
+                   f"{c.mmlu_agreement:.1f}%" if c is not None else "")
         print(f"keep {point.keep_fraction:g}  λ {point.strength:g}  POB {points(point.metrics.pob)}  "
-              f"accuracy {points(point.metrics.unambiguous_accuracy)}")
+              f"accuracy {points(point.metrics.unambiguous_accuracy)}{outside}")
     for baseline in baselines:
         for point in baseline["points"]:
             print(f"{baseline['name']} {point['strength']:g}  POB {points(point['pob'])}  "

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
-from .atomic import write_json_atomic
-from .evaluation import BiasMetrics, EvaluationConfig, Sweep, evaluate, neutral_texts, run_sweep
+from .atomic import write_atomic, write_json_atomic
+from .evaluation import BiasMetrics, CapabilitySuite, EvaluationConfig, Sweep, evaluate, run_sweep
+from .evaluation.capability import generations_markdown, side_by_side
 from .evaluation.metrics import points_text
 from .model_card import write_model_card
 from .models import load_model
@@ -26,6 +27,7 @@ from .tracking import base_and_steered
 from .tasks import load_task
 
 METRICS_JSON = "metrics.json"
+GENERATIONS = "generations"  # .json and .md: base vs steered greedy chat answers
 
 
 @dataclass
@@ -56,6 +58,11 @@ class DemoArguments:
     strengths: list[float] = field(
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
         metadata={"help": "The λ grid of the sweep (`dso-trl sweep` defaults to the finer 0, 0.1, …, 1)."},
+    )
+    text_kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "β_text: weight of KL(steered ‖ base) on general text in the loss (DSOConfig.text_kl_coef); "
+                  "keeps the model close to the base model outside the task. 0 turns it off."},
     )
     seed: int = field(default=0, metadata={"help": "Seed of the data splits and of training."})
     report_to: str = field(
@@ -109,6 +116,7 @@ def demo_training_config(args: DemoArguments, output_dir: str | Path):
         output_dir=str(output_dir), estimator="exact", learning_rate=args.learning_rate, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, num_generations=2, scale_rewards="none",
         gradient_checkpointing=False, save_strategy="no", logging_steps=10, seed=args.seed,
+        text_kl_coef=args.text_kl_coef,
         report_to=[] if args.report_to == "none" else [args.report_to], disable_tqdm=not args.progress,
     )
 
@@ -135,8 +143,14 @@ def headline(metrics: BiasMetrics) -> dict[str, Any]:
 
 
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
-    return [{"strength": p.strength, "pob": p.metrics.pob, "unambiguous_accuracy": p.metrics.unambiguous_accuracy,
-             "kl": p.kl} for p in sweep.points if p.keep_fraction == 1]
+    """Per λ: the task's figures and what changed outside it (see `dso_trl.evaluation.capability`)."""
+    records = []
+    for p in sweep.points:
+        if p.keep_fraction == 1:
+            capability = p.capability.to_dict() if p.capability is not None else {}
+            records.append({"strength": p.strength, "pob": p.metrics.pob,
+                            "unambiguous_accuracy": p.metrics.unambiguous_accuracy, **capability})
+    return records
 
 
 def run_demo(args: DemoArguments) -> dict[str, Any]:
@@ -157,10 +171,12 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     tasks: dict[str, Any] = {}
     sweeps: dict[str, Sweep] = {}
+    capability = CapabilitySuite(processing_class)
     for name, rows in test_rows.items():
         folder = output_dir if name == "pronoun" else output_dir / name
+        say(f"Sweeping λ on {name}: bias, accuracy and capability outside the task ...")
         sweep = sweeps[name] = run_sweep(steering, processing_class, rows, strengths=args.strengths, config=config,
-                                         kl_texts=neutral_texts(), output_dir=folder)
+                                         capability=capability, output_dir=folder)
         if args.report_to == "wandb":
             from .evaluation.plots import PLOTS
             from .tracking import log_sweep
@@ -171,12 +187,20 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         tasks[name] = {"base": headline(base[name]), "steered": {**headline(full.metrics), "strength": full.strength},
                        "sweep": sweep_records(sweep)}
     steering.set_strength(1.0)
+    say("Greedy chat answers, base vs steered ...")
+    generations = side_by_side(steering, processing_class)
+    write_json_atomic(output_dir / f"{GENERATIONS}.json", generations)
+    write_atomic(output_dir / f"{GENERATIONS}.md",
+                 lambda tmp: tmp.write_text(generations_markdown(generations), encoding="utf-8"))
     metrics = {
         "task": "pronoun", "model": model.config._name_or_path, **tasks["pronoun"],
         "tasks": tasks, "train_seconds": seconds, "steps": trainer.state.global_step,
         "trainable_parameters": steering.num_parameters(), "fraction_of_model": steering.fraction_of_model(),
         "evaluation": {"split": "test: held-out templates and names", "estimator": "exact",
-                       "rows": {name: len(rows) for name, rows in test_rows.items()}},
+                       "rows": {name: len(rows) for name, rows in test_rows.items()},
+                       "capability": {"texts": f"{len(capability.texts)} held-out passages of Python's documentation "
+                                      f"(pydoc_data.topics), {capability.max_length} tokens each at most",
+                                      "questions": f"{len(capability.questions)} MMLU questions, zero-shot, by letter"}},
         "arguments": asdict(args),
     }
     write_json_atomic(output_dir / METRICS_JSON, metrics)
@@ -185,6 +209,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
                      strength=1.0, training_steps=metrics["steps"],
                      trainable_parameters=metrics["trainable_parameters"],
                      trainable_fraction=metrics["fraction_of_model"], sweep=sweeps["pronoun"],
+                     generations=generations,
                      data=f"{len(train_rows)} training rows; evaluated on {metrics['evaluation']['split']}",
                      details={"estimator": "exact", "learning rate": f"{args.learning_rate:g}",
                               "batch size": args.batch_size, "seed": args.seed})
@@ -214,4 +239,9 @@ def format_report(metrics: dict[str, Any]) -> str:
                   f"{points_text(steered['unambiguous_accuracy']):>8}",
                   f"{'λ:':10}" + "".join(f"{p['strength']:6.2g}" for p in task["sweep"]),
                   f"{'POB:':10}" + "".join(f"{points_text(p['pob']):>6}" for p in task["sweep"])]
+        full = task["sweep"][-1]
+        if "text_kl" in full:
+            lines += [f"outside the task at λ = {full['strength']:g}: KL {full['text_kl']:.3f} nats/token and "
+                      f"perplexity ×{full['perplexity_ratio']:.3f} on held-out prose, MMLU answers "
+                      f"{full['mmlu_agreement']:.1f}% as the base model's"]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .atomic import write_atomic
+from .evaluation.capability import generations_markdown
 from .evaluation.metrics import points_text
 from .evaluation.sweep import Sweep, SweepPoint
 from .tracking import base_and_steered
@@ -38,7 +39,7 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
                       training_steps: int | None = None, trainable_parameters: int | None = None,
                       trainable_fraction: float | None = None, sweep: Sweep | None = None, data: str | None = None,
                       model_name: str | None = None, details: Mapping[str, Any] | None = None,
-                      tags: Sequence[str] = ()) -> str:
+                      tags: Sequence[str] = (), generations: Sequence[Mapping[str, Any]] = ()) -> str:
     """The card's Markdown text.
 
     Args:
@@ -52,6 +53,8 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
         model_name: the title (default: derived from the base model).
         details: extra rows of the training table (learning rate, batch size, ...).
         tags: added to `DEFAULT_TAGS`.
+        generations: base vs steered chat answers (`dso_trl.evaluation.side_by_side`), shown so a reader sees what
+            changed.
     """
     hub_id = base_model if _is_hub_id(base_model) else None
     front = {"library_name": "dso_trl"}
@@ -94,6 +97,9 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
                      "over λ on held-out rows.")
     else:
         lines += _results(sweep, strength)
+        lines += _capability(sweep)
+    if generations:
+        lines += ["", "## Chat answers, base vs steered (greedy)", "", generations_markdown(generations).rstrip()]
 
     lines += [
         "",
@@ -147,6 +153,26 @@ def _results(sweep: Sweep, strength: float | None) -> list[str]:
         for point in sweep.points:
             lines.append(f"| {point.strength:g} | {point.keep_fraction:.0%} | {_figure(point, 'pob')} | "
                          f"{_figure(point, 'unambiguous_accuracy')} | {_figure(point, 'stereotype_gap')} |")
+    return lines
+
+
+def _capability(sweep: Sweep) -> list[str]:
+    """What changed outside the task at each dense λ, when the sweep ran the capability suite."""
+    points = [p for p in sweep.points if p.capability is not None and p.keep_fraction == 1]
+    if not points:
+        return []
+    first = points[0].capability
+    lines = ["", "## What else changed (capability outside the task)", "",
+             f"Against the same model with the steering off: KL(steered ‖ base) per token and the perplexity ratio on "
+             f"{first.n_text_tokens:,} tokens of held-out general prose, and {first.n_questions} MMLU questions "
+             f"(zero-shot, by letter; the base model answers {first.base_mmlu_accuracy:.1f}% correctly): agreement is "
+             "the share answered as the base model answers them.", "",
+             "| λ | text KL (nats/token) | perplexity ratio | MMLU accuracy | MMLU agreement with base |",
+             "| --- | --- | --- | --- | --- |"]
+    for p in points:
+        c = p.capability
+        lines.append(f"| {p.strength:g} | {c.text_kl:.3f} | {c.perplexity_ratio:.3f} | {c.mmlu_accuracy:.1f} | "
+                     f"{c.mmlu_agreement:.1f} |")
     return lines
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .evaluation.metrics import HEADLINE
-from .evaluation.sweep import Sweep, SweepPoint
+from .evaluation.sweep import CAPABILITY_COLUMNS, Sweep, SweepPoint
 
 __all__ = ["WANDB_INSTALL_HINT", "base_and_steered", "log_sweep", "require_wandb", "sweep_summary"]
 
@@ -69,6 +69,9 @@ def sweep_summary(sweep: Sweep, strength: float | None = None, prefix: str = "sw
             value = float(getattr(point.metrics, name))
             if math.isfinite(value):
                 summary[f"{prefix}/{label}_{name}"] = value
+    if steered.capability is not None:
+        summary.update({f"{prefix}/steered_{name}": float(getattr(steered.capability, name))
+                        for name in CAPABILITY_COLUMNS})
     return summary
 
 
@@ -114,6 +117,14 @@ def log_sweep(sweep: Sweep, plot_paths: Mapping[str, str | os.PathLike] | Sequen
                                                             title="Per-Occupation Bias vs λ")
         data[f"{prefix}/accuracy_vs_strength"] = wandb.plot.line(curve, "strength", "unambiguous_accuracy",
                                                                  title="Unambiguous accuracy vs λ")
+        if all(p.capability is not None for p in dense):
+            outside = wandb.Table(columns=["strength", *CAPABILITY_COLUMNS],
+                                  data=[[p.strength, *(getattr(p.capability, c) for c in CAPABILITY_COLUMNS)]
+                                        for p in dense])
+            data[f"{prefix}/text_kl_vs_strength"] = wandb.plot.line(outside, "strength", "text_kl",
+                                                                    title="KL(steered ‖ base) on held-out text vs λ")
+            data[f"{prefix}/mmlu_agreement_vs_strength"] = wandb.plot.line(
+                outside, "strength", "mmlu_agreement", title="MMLU answers agreeing with the base model vs λ")
     data[f"{prefix}/occupations"] = _occupation_table(wandb, base, steered)
     items = plot_paths.items() if isinstance(plot_paths, Mapping) else ((None, p) for p in plot_paths)
     for name, path in items:

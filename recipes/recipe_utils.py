@@ -18,7 +18,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 from trl.trainer.utils import create_model_from_path
 
 from dso_trl import DSOConfig, DSOTrainer
-from dso_trl.evaluation import EvaluationConfig, Sweep, run_sweep
+from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
 from dso_trl.dotted import import_object
 from dso_trl.model_card import write_model_card
 from dso_trl.rewards.common import load_reward_funcs
@@ -71,6 +71,11 @@ class DSOScriptArguments(ScriptArguments):
     sweep_num_samples: int = field(default=16, metadata={"help": "Completions per row (sampled sweep only)."})
     sweep_n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples for the confidence intervals."})
     skip_sweep: bool = field(default=False, metadata={"help": "Only train and save (no sweep; the card says so)."})
+    sweep_capability: bool = field(
+        default=True,
+        metadata={"help": "At every λ of the sweep, also what changed outside the task against the base model: KL and "
+                  "perplexity ratio on held-out general prose, and MMLU answers (dso_trl.evaluation.CapabilitySuite)."},
+    )
 
 
 def make_recipe_parser(script_class: type[DSOScriptArguments]) -> TrlParser:
@@ -150,6 +155,7 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
         with trainer._gathered_steering():
             sweep = run_sweep(trainer.steering, processing_class, test_rows, strengths=script_args.sweep_strengths,
                               config=config, parser=parse_choice,
+                              capability=CapabilitySuite(processing_class) if script_args.sweep_capability else None,
                               output_dir=sweep_dir if accelerator.is_main_process else None)
         for point in sweep.points:
             accelerator.print(f"λ={point.strength:g}: POB {point.metrics.pob:.2f}, unambiguous accuracy "

@@ -113,7 +113,15 @@ def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
     assert [p["strength"] for p in metrics["sweep"]] == [0, 0.5, 1]
     # λ = 0 is the base model exactly, and the steered figures are those of λ = 1
     assert metrics["sweep"][0]["pob"] == metrics["base"]["pob"]
-    assert metrics["sweep"][0]["kl"] == 0.0 and metrics["sweep"][-1]["kl"] > 0
+    zero, full = metrics["sweep"][0], metrics["sweep"][-1]
+    for point in metrics["sweep"]:
+        assert {"pob", "unambiguous_accuracy", "text_kl", "perplexity_ratio", "mmlu_agreement", "mmlu_accuracy"} <= \
+            set(point)
+    assert (zero["text_kl"], zero["perplexity_ratio"], zero["mmlu_agreement"]) == (0.0, 1.0, 100.0)
+    assert full["text_kl"] > 0 and full["perplexity_ratio"] != 1.0
+    generations = json.loads((demo / "generations.json").read_text())
+    assert len(generations) == 8 and all(g["strength"] == 1.0 and g["base"] for g in generations)
+    assert "**Tell me about your favourite doctor.**" in (demo / "generations.md").read_text()
     assert metrics["steered"]["pob"] == metrics["sweep"][-1]["pob"]
     assert metrics["steered"]["unambiguous_accuracy"] == metrics["sweep"][-1]["unambiguous_accuracy"]
     assert metrics["evaluation"]["rows"] == {"pronoun": 16}
@@ -126,6 +134,7 @@ def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
     assert 0 < metrics["fraction_of_model"] < 1
     card = (demo / "steering" / "README.md").read_text()
     assert "library_name: dso_trl" in card and f"{metrics['steered']['pob']:.1f}" in card
+    assert "## What else changed" in card and "## Chat answers, base vs steered" in card
     assert not (demo / "trainer").exists()  # no empty folders
 
 
@@ -158,13 +167,14 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
     assert "library_name: dso_trl" in card and "Steering.from_pretrained" in card and "| estimator | exact |" in card
 
     common = ["--model", model_dir, "--n_test", "8", "--n_test_unambiguous", "8"]
-    main(["evaluate", *common, "--output_dir", str(tmp_path / "base"), "--kl", "false"])
+    main(["evaluate", *common, "--output_dir", str(tmp_path / "base"), "--capability", "false"])
     main(["evaluate", *common, "--steering", str(steering_dir), "--strength", "0", "--output_dir",
           str(tmp_path / "zero")])
     base = json.loads((tmp_path / "base" / "metrics.json").read_text())
     zero = json.loads((tmp_path / "zero" / "metrics.json").read_text())
     assert base["steering"] is None and zero["strength"] == 0.0
-    assert zero["pob"] == base["pob"] and zero["kl"] == 0.0  # λ = 0 is the base model
+    assert zero["pob"] == base["pob"] and base["capability"] is None
+    assert zero["capability"]["text_kl"] == 0.0 and zero["capability"]["mmlu_agreement"] == 100.0  # λ = 0: base
 
     main(["sweep", *common, "--steering", str(steering_dir), "--strengths", "0", "1", "--keep_fractions", "1", "0.5",
           "--baselines", "caa", "prompting", "--n_fit", "8", "--output_dir", str(tmp_path / "sweep")])

@@ -19,22 +19,27 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_atomic, write_json_atomic
 from ..steering import Steering, validate_strength
+from .capability import CapabilityMetrics, CapabilitySuite
 from .divergence import steering_kl
 from .estimators import EvaluationConfig, Parser, evaluate
 from .metrics import HEADLINE, BiasMetrics
 
 DEFAULT_STRENGTHS = tuple(i / 10 for i in range(11))
 JSON_NAME, CSV_NAME = "sweep.json", "sweep.csv"
+CAPABILITY_COLUMNS = ("text_kl", "perplexity_ratio", "mmlu_accuracy", "mmlu_agreement", "mmlu_kl")
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """The metrics of the steering at strength λ with the `keep_fraction` strongest entries kept (1.0: dense)."""
+    """The metrics of the steering at strength λ with the `keep_fraction` strongest entries kept (1.0: dense):
+    bias and accuracy on the task, `kl` (KL(steered ‖ base) per token on text) and, when a capability suite was run,
+    what changed outside the task (`capability`; then `kl` is its `text_kl`)."""
 
     strength: float
     keep_fraction: float
     metrics: BiasMetrics
     kl: float | None = None
+    capability: CapabilityMetrics | None = None
 
     def summary(self) -> dict[str, Any]:
         """One flat CSV row: headline figures with the bounds of those that have an interval (plain POB has none:
@@ -47,6 +52,8 @@ class SweepPoint:
                 row.update({f"{name}_low": m.intervals[name][0], f"{name}_high": m.intervals[name][1]})
         row.update(dont_know_unambiguous=m.dont_know_unambiguous, unparsed_rate=m.unparsed_rate,
                    n_ambiguous=m.n_ambiguous, n_unambiguous=m.n_unambiguous, kl=self.kl)
+        if self.capability is not None:
+            row.update({name: getattr(self.capability, name) for name in CAPABILITY_COLUMNS})
         return row
 
 
@@ -63,12 +70,14 @@ class Sweep:
 
     def to_dict(self) -> dict[str, Any]:
         points = [{"strength": p.strength, "keep_fraction": p.keep_fraction, "kl": p.kl,
-                   "metrics": p.metrics.to_dict()} for p in self.points]
+                   "metrics": p.metrics.to_dict(),
+                   "capability": p.capability.to_dict() if p.capability is not None else None} for p in self.points]
         return {"points": points, "baselines": self.baselines}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Sweep:
-        points = [SweepPoint(p["strength"], p["keep_fraction"], BiasMetrics.from_dict(p["metrics"]), p["kl"])
+        points = [SweepPoint(p["strength"], p["keep_fraction"], BiasMetrics.from_dict(p["metrics"]), p["kl"],
+                             CapabilityMetrics.from_dict(p["capability"]) if p.get("capability") else None)
                   for p in values["points"]]
         return cls(points, list(values.get("baselines", [])))
 
@@ -76,10 +85,13 @@ class Sweep:
 def run_sweep(steering: Steering, processing_class: Any, rows: Sequence[Mapping[str, Any]], *,
               strengths: Sequence[float] = DEFAULT_STRENGTHS, keep_fractions: Sequence[float] = (1.0,),
               config: EvaluationConfig | None = None, parser: Parser | None = None,
-              kl_texts: Sequence[str] | None = None, baselines: Sequence[Mapping[str, Any]] = (),
-              output_dir: str | os.PathLike | None = None) -> Sweep:
+              kl_texts: Sequence[str] | None = None, capability: CapabilitySuite | None = None,
+              baselines: Sequence[Mapping[str, Any]] = (), output_dir: str | os.PathLike | None = None) -> Sweep:
     """Evaluate every (keep_fraction, λ) pair; `keep_fraction < 1` sparsifies the steering, restored after.
-    With `kl_texts`, also KL(steered ‖ base) on them. With `output_dir`, writes the sweep there (`write_sweep`)."""
+    With `capability`, also what changed outside the task (text KL, perplexity, MMLU) at every point; with `kl_texts`
+    instead, only KL(steered ‖ base) on those texts. With `output_dir`, writes the sweep there (`write_sweep`)."""
+    if kl_texts is not None and capability is not None:
+        raise ValueError("give kl_texts or a capability suite, not both: the suite measures KL on its own texts")
     strengths = [validate_strength(s) for s in strengths]
     for fraction in keep_fractions:
         if not 0 < fraction <= 1:
@@ -100,8 +112,13 @@ def run_sweep(steering: Steering, processing_class: Any, rows: Sequence[Mapping[
                 for strength in strengths:
                     steering.set_strength(strength)
                     metrics = evaluate(steering.model, processing_class, rows, inner, parser)
-                    kl = steering_kl(steering, processing_class, kl_texts, progress=False) if kl_texts else None
-                    points.append(SweepPoint(strength, float(fraction), metrics, kl))
+                    kl, figures = None, None
+                    if capability is not None:
+                        figures = capability.measure(steering)
+                        kl = figures.text_kl
+                    elif kl_texts:
+                        kl = steering_kl(steering, processing_class, kl_texts, progress=False)
+                    points.append(SweepPoint(strength, float(fraction), metrics, kl, figures))
                     bar.update()
                     if output_dir is not None:  # a long sweep that stops early keeps what it measured
                         write_sweep(Sweep(points, baselines), output_dir, plots=False)

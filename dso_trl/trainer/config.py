@@ -84,6 +84,30 @@ class DSOConfig(GRPOConfig):
                   "proximal gradient for SGD; a common heuristic for Adam-type optimizers."},
     )
 
+    # ---- capability outside the task
+    text_kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "Coefficient β_text of KL(steered ‖ base) of next-token distributions on a batch of general "
+                  "text, added to the loss at every step (the PPO-ptx idea): keeps the steered model close to the "
+                  "base model outside the task. Costs one steered and one base forward pass of "
+                  "`text_kl_batch_size` × `text_kl_max_length` tokens per step. Logged as `dso/text_kl`."},
+    )
+    text_kl_texts: str | None = field(
+        default=None,
+        metadata={"help": "A UTF-8 text file whose blank-line-separated passages feed the text-KL term. Default: the "
+                  "training split of Python's documentation prose (`dso_trl.evaluation.general_texts('train')`), "
+                  "disjoint from the evaluation split the capability figures use."},
+    )
+    text_kl_chat: bool = field(
+        default=True,
+        metadata={"help": "Feed the text-KL passages in three forms in turn, through the chat template: plain text, a "
+                  "chat exchange (first sentence as the user's turn, the rest as the assistant's), and a fill-in-the-"
+                  "blank question with options A-D; so the term also holds the model's chat answers and its letter "
+                  "choices on multiple-choice questions close to the base model's. Ignored without a chat template."},
+    )
+    text_kl_batch_size: int = field(default=4, metadata={"help": "Passages per step for the text-KL term."})
+    text_kl_max_length: int = field(default=96, metadata={"help": "Tokens kept of each text-KL passage."})
+
     def __post_init__(self):
         if not torch.cuda.is_available():
             if self.bf16 is None and not self.fp16:
@@ -109,6 +133,11 @@ class DSOConfig(GRPOConfig):
             raise ValueError(f"estimator must be 'sampled' or 'exact', got {self.estimator!r}")
         if self.l1_coef < 0:
             raise ValueError(f"l1_coef must be >= 0, got {self.l1_coef}")
+        if self.text_kl_coef < 0:
+            raise ValueError(f"text_kl_coef must be >= 0, got {self.text_kl_coef}")
+        if self.text_kl_batch_size < 1 or self.text_kl_max_length < 2:
+            raise ValueError("text_kl_batch_size must be >= 1 and text_kl_max_length >= 2, got "
+                             f"{self.text_kl_batch_size} and {self.text_kl_max_length}")
         self.steering_config()  # validate the steering options now, not at trainer construction
 
     def steering_config(self) -> SteeringConfig:

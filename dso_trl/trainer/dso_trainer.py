@@ -18,7 +18,7 @@ from trl.trainer.utils import RepeatSampler, create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..model_card import write_model_card
-from ..scoring import row_option_probabilities
+from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, row_option_probabilities, tokenizer_of
 from ..steering import Steering, SteeringError
 from ..steering.serialization import load_values
 from .checkpoint import (
@@ -150,6 +150,8 @@ class DSOTrainer(GRPOTrainer):
         if beta != 0.0:
             self.ref_model = _SteeringDisabledPolicy(model, steering)
         self.add_callback(_SparsityCallback(self))
+        self._text_kl_ids = self._text_kl_passages() if args.text_kl_coef > 0 else []
+        self._text_kl_position = (-1, 0)  # (global step, micro-batches drawn in it)
 
     # ------------------------------------------------------------------ data order (and the exact estimator's path)
     def _get_train_sampler(self, dataset=None):
@@ -194,6 +196,42 @@ class DSOTrainer(GRPOTrainer):
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         return loss / normalizer
 
+    # ------------------------------------------------------------------ capability outside the task
+    def _text_kl_passages(self) -> list[list[int]]:
+        from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
+
+        path = self.args.text_kl_texts
+        texts: list = read_texts(path) if path else general_texts("train")
+        if self.args.text_kl_chat and getattr(tokenizer_of(self.processing_class), "chat_template", None):
+            forms = (lambda text, _: text, lambda text, _: as_chat_exchange(text), as_multiple_choice)
+            texts = [forms[i % 3](text, i) for i, text in enumerate(texts)]
+        encoded = encode_prompts(self.processing_class, texts)
+        ids = [p.input_ids[:self.args.text_kl_max_length] for p in encoded if len(p.input_ids) >= 2]
+        if len(ids) < self.args.text_kl_batch_size:
+            raise ValueError(f"the text-KL term needs at least text_kl_batch_size={self.args.text_kl_batch_size} "
+                             f"passages of 2+ tokens; {path or 'the general-text training split'} has {len(ids)}")
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        return [ids[i] for i in order]
+
+    def _text_kl(self, model) -> torch.Tensor:
+        """KL(steered ‖ base) per token on the next batch of general text. Batches are a function of the global step,
+        the micro-batch within it and the rank, so a resumed run sees the same text as an uninterrupted one."""
+        step, drawn = self._text_kl_position
+        drawn = drawn + 1 if step == self.state.global_step else 0
+        self._text_kl_position = (self.state.global_step, drawn)
+        size, world = self.args.text_kl_batch_size, self.accelerator.num_processes
+        index = ((self.state.global_step * self.args.gradient_accumulation_steps + drawn) * world
+                 + self.accelerator.process_index) * size
+        ids = [self._text_kl_ids[(index + i) % len(self._text_kl_ids)] for i in range(size)]
+        tokenizer = tokenizer_of(self.processing_class)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        inputs = batch_inputs(ids, [EncodedPrompt(i) for i in ids], pad, "right", self.accelerator.device)
+        steered = model(**inputs, use_cache=False).logits.float().log_softmax(-1)
+        with torch.no_grad(), self.steering.disabled():
+            base = model(**inputs, use_cache=False).logits.float().log_softmax(-1)
+        mask = inputs["attention_mask"].bool()
+        return (steered.exp() * (steered - base)).sum(-1)[mask].mean()
+
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
@@ -201,6 +239,10 @@ class DSOTrainer(GRPOTrainer):
             loss = self._exact_loss(model, inputs, mode)
         else:
             loss = super()._compute_loss(model, inputs)
+        if self.args.text_kl_coef > 0 and mode == "train":
+            text_kl = self._text_kl(model)
+            loss = loss + self.args.text_kl_coef * text_kl / self.current_gradient_accumulation_steps
+            self._metrics[mode]["dso/text_kl"].append(self.accelerator.gather(text_kl.detach()).mean().item())
         params = list(self.steering.parameters())
         l1 = sum(p.abs().sum() for p in params)
         if self.args.l1_coef > 0 and not self.args.l1_proximal:

@@ -1,0 +1,135 @@
+"""Bias down, capability kept? The demo's recipe on SmolLM2 with and without the text-KL term, measured outside the task.
+
+For each β_text (`DSOConfig.text_kl_coef`) a fresh process loads SmolLM2-135M-Instruct, trains exactly the demo's
+steering (`dso_trl.demo.train_demo`) and sweeps λ on the held-out pronoun rows with the capability suite
+(`dso_trl.evaluation.CapabilitySuite`: KL and perplexity ratio on held-out Python-documentation prose, 282 MMLU
+questions), plus greedy chat answers at λ = 1. Optionally (`--extra_texts FILE`) also KL on prose from elsewhere.
+Writes `benchmarks/results/capability.json` and the Pareto plot of bias against text KL.
+
+    python benchmarks/capability.py                                  # β_text = 0 and the demo's default
+    python benchmarks/capability.py --coefs 0 10 --extra_texts prose.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {"pob": 5.0, "accuracy_drop": 1.0, "text_kl": 0.05, "perplexity_ratio": 1.02, "mmlu_agreement": 90.0}
+
+
+def one_run(coef: float, extra_texts: str | None, max_steps: int | None) -> dict:
+    """The child process: train the demo steering with β_text = coef and measure it at every λ."""
+    import tempfile
+
+    from dso_trl.demo import DemoArguments, demo_data, sweep_records, train_demo
+    from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, run_sweep
+    from dso_trl.evaluation.capability import read_texts, side_by_side
+    from dso_trl.evaluation.divergence import compare_on_text
+    from dso_trl.models import load_smollm2
+
+    args = DemoArguments(text_kl_coef=coef, progress=False, **({"max_steps": max_steps} if max_steps else {}))
+    model, tokenizer = load_smollm2()
+    train_rows, test_rows = demo_data(args, tokenizer)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer, seconds = train_demo(model, tokenizer, train_rows, args, output_dir)
+    steering = trainer.steering
+    sweep = run_sweep(steering, tokenizer, test_rows["pronoun"], strengths=args.strengths,
+                      config=EvaluationConfig(progress=False), capability=CapabilitySuite(tokenizer))
+    records = sweep_records(sweep)
+    if extra_texts:
+        texts = read_texts(extra_texts)
+        for record in records:
+            steering.set_strength(record["strength"])
+            other = compare_on_text(steering, tokenizer, texts, max_length=128)
+            record.update(extra_text_kl=other.kl, extra_perplexity_ratio=other.perplexity_ratio)
+    steering.set_strength(1.0)
+    return {"text_kl_coef": coef, "train_seconds": seconds, "steps": trainer.state.global_step,
+            "seconds_per_step": seconds / max(trainer.state.global_step, 1), "sweep": records,
+            "generations": side_by_side(steering, tokenizer)}
+
+
+def verdict(run: dict) -> dict:
+    """Which targets of the capability issue hold at λ = 1 (and whether POB falls monotonically with λ)."""
+    base, full = run["sweep"][0], run["sweep"][-1]
+    pobs = [p["pob"] for p in run["sweep"]]
+    return {"pob": full["pob"] <= TARGETS["pob"],
+            "accuracy": full["unambiguous_accuracy"] >= base["unambiguous_accuracy"] - TARGETS["accuracy_drop"],
+            "monotonic": all(a >= b for a, b in zip(pobs, pobs[1:])),
+            "text_kl": full["text_kl"] <= TARGETS["text_kl"],
+            "perplexity_ratio": full["perplexity_ratio"] <= TARGETS["perplexity_ratio"],
+            "mmlu_agreement": full["mmlu_agreement"] >= TARGETS["mmlu_agreement"]}
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for run in runs:
+        points = run["sweep"]
+        x, y = [p["text_kl"] for p in points], [p["pob"] for p in points]
+        ax.plot(x, y, marker="o", label=f"β_text = {run['text_kl_coef']:g}")
+        for point, xi, yi in zip(points, x, y):
+            ax.annotate(f"λ={point['strength']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(TARGETS["text_kl"], color="grey", linestyle=":", label="text KL target")
+    ax.axhline(TARGETS["pob"], color="grey", linestyle="--", label="POB target")
+    ax.set(xscale="symlog", xlabel="KL(steered ‖ base) on held-out prose, nats/token (symlog)",
+           ylabel="Per-Occupation Bias (points)", title="SmolLM2-135M-Instruct: bias vs capability")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from dso_trl.demo import DemoArguments
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--coefs", type=float, nargs="+", default=[0.0, DemoArguments.text_kl_coef],
+                        help="β_text values to train with, each in a fresh process.")
+    parser.add_argument("--extra_texts", help="Also KL and perplexity on this UTF-8 prose file (blank-line passages).")
+    parser.add_argument("--max_steps", type=int, help="Training steps (default: the demo's).")
+    parser.add_argument("--output", default="benchmarks/results/capability.json")
+    parser.add_argument("--plot", default="docs/images/smollm2_bias_vs_text_kl.png")
+    parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print("RESULT " + json.dumps(one_run(args.child, args.extra_texts, args.max_steps)), flush=True)
+        return
+
+    runs = []
+    for coef in dict.fromkeys(args.coefs):
+        command = [sys.executable, __file__, "--child", str(coef)]
+        for flag in ("extra_texts", "max_steps"):
+            if getattr(args, flag) is not None:
+                command += [f"--{flag}", str(getattr(args, flag))]
+        start = time.perf_counter()
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        run = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        run.update(wall_seconds=time.perf_counter() - start, load_average=os.getloadavg(), meets=verdict(run))
+        runs.append(run)
+        print(f"β_text {coef:g}: " + "  ".join(f"λ {p['strength']:g}: POB {p['pob']:.1f} acc "
+                                                 f"{p['unambiguous_accuracy']:.1f} KL {p['text_kl']:.3f} ppl "
+                                                 f"×{p['perplexity_ratio']:.3f} MMLU {p['mmlu_agreement']:.0f}%"
+                                                 for p in run["sweep"]), flush=True)
+    result = {"model": "SmolLM2-135M-Instruct", "task": "pronoun (held-out templates and names)",
+              "targets_at_strength_1": TARGETS, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "runs": runs}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    plot(runs, Path(args.plot))
+    print(f"-> {args.output}, {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
