@@ -62,9 +62,10 @@ def test_help_lists_every_command_and_its_options(capsys):
 
 def test_help_has_one_entry_per_option(capsys):
     with pytest.raises(SystemExit):
-        main(["evaluate", "--help"])
+        main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "--kl [KL]" in text and "--no_kl" not in text
+    assert "--steering_use_scale [STEERING_USE_SCALE]" in text  # `--steering_use_scale false` turns it off
+    assert "--no_steering_use_scale" not in text and "\n  --no_" not in text
 
 
 def test_train_defaults_are_the_readme_recipe():
