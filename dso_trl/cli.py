@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .evaluation import DEFAULT_STRENGTHS
+from .evaluation.metrics import points_text as points
 
 COMMANDS = {
     "demo": "DSO end to end on SmolLM2 (or --model): measure, train, measure on held-out wording, sweep λ.",
@@ -206,7 +207,7 @@ def _parse(command: str, types: tuple, argv: list[str], defaults: dict[str, Any]
 
     class Parser(TrlParser):
         def error(self, message: str):  # argparse prints the whole usage (a hundred lines for train) first
-            self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+            raise SystemExit(f"{self.prog}: error: {message} ({self.prog} --help lists the options)")
 
     parser = Parser(types, prog=f"dso-trl {command}", description=f"{COMMANDS[command]} {description}".strip())
     for action in parser._actions:  # `--no_x` is `--x false`: one help entry per option
@@ -219,9 +220,6 @@ def _parse(command: str, types: tuple, argv: list[str], defaults: dict[str, Any]
     return tuple(parsed)
 
 
-def points(value: float | None) -> str:
-    """A figure in points for the terminal: one decimal, or "n/a" where it is undefined (e.g. no such rows)."""
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1f}"
 
 
 def _demo(argv: list[str]) -> None:
@@ -341,7 +339,9 @@ def _evaluate(argv: list[str]) -> None:
         run.finish()
     outside = (f"  text KL {capability['text_kl']:.4f}  perplexity ×{capability['perplexity_ratio']:.3f}  "
                f"MMLU agreement {capability['mmlu_agreement']:.1f}%" if capability else "")
-    print(f"POB {points(metrics.pob)}  unambiguous accuracy {points(metrics.unambiguous_accuracy)}  "
+    low, high = metrics.intervals.get("pob_debiased", (None, None))
+    corrected = f" (bias-corrected {points(metrics.pob_debiased)} [{points(low)}, {points(high)}])" if low else ""
+    print(f"POB {points(metrics.pob)}{corrected}  unambiguous accuracy {points(metrics.unambiguous_accuracy)}  "
           f"don't know {points(metrics.dont_know_ambiguous)}{outside}  -> {path}")
 
 

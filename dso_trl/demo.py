@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from .atomic import write_atomic, write_json_atomic
 from .evaluation import BiasMetrics, CapabilitySuite, EvaluationConfig, Sweep, evaluate, run_sweep
 from .evaluation.capability import generations_markdown, side_by_side
+from .evaluation.metrics import points_text
 from .model_card import write_model_card
 from .models import load_model
 from .tracking import base_and_steered
@@ -82,13 +83,25 @@ class DemoArguments:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-def demo_data(args: DemoArguments, processing_class: Any) -> tuple[Dataset, dict[str, list[dict]]]:
-    """The training rows (pronoun, plus SynthBias when given) and each task's held-out test rows."""
+def demo_tasks(args: DemoArguments) -> dict[str, DatasetDict]:
+    """Each task's splits (pronoun, plus SynthBias when given), checked against the batch size: loaded before the
+    model, so a bad file or size fails in seconds."""
     sizes = dict(seed=args.seed, n_train=args.n_train, n_train_unambiguous=args.n_train, n_test=args.n_test,
                  n_test_unambiguous=args.n_test)
     tasks = {"pronoun": load_task("pronoun", **sizes)}
     if args.synthbias:
         tasks["synthbias"] = load_task("synthbias", path=args.synthbias, **sizes)
+    rows = sum(len(task["train"]) for task in tasks.values())
+    if rows < args.batch_size:
+        raise ValueError(f"the batch ({args.batch_size} prompts) is larger than the {rows} training rows: "
+                         "lower --batch_size or raise --n_train")
+    return tasks
+
+
+def demo_data(args: DemoArguments, processing_class: Any, tasks: dict[str, DatasetDict] | None = None
+              ) -> tuple[Dataset, dict[str, list[dict]]]:
+    """The training rows (every task's, as text prompts) and each task's held-out test rows."""
+    tasks = tasks if tasks is not None else demo_tasks(args)
     train = [as_text_prompts(task["train"], processing_class) for task in tasks.values()]
     test = {name: list(task["test"]) for name, task in tasks.items()}
     return concatenate_datasets(train).shuffle(seed=args.seed), test
@@ -125,9 +138,6 @@ def train_demo(model: torch.nn.Module, processing_class: Any, train_rows: Datase
     from .rewards import GenderParityReward, UnambiguousAccuracyReward
     from .trainer import DSOTrainer
 
-    if len(train_rows) < args.batch_size:
-        raise ValueError(f"the batch ({args.batch_size} prompts) is larger than the {len(train_rows)} training rows: "
-                         "lower --batch_size or raise --n_train")
     trainer = DSOTrainer(model, [GenderParityReward(), UnambiguousAccuracyReward()],
                          args=demo_training_config(args, output_dir), train_dataset=train_rows,
                          processing_class=processing_class)
@@ -139,8 +149,8 @@ def train_demo(model: torch.nn.Module, processing_class: Any, train_rows: Datase
 def headline(metrics: BiasMetrics) -> dict[str, Any]:
     """The figures a reader compares, in points, with their confidence intervals."""
     values = metrics.to_dict()  # JSON-ready: NaN (no rows of a kind) becomes None
-    return {key: values[key] for key in ("pob", "unambiguous_accuracy", "stereotype_gap", "dont_know_ambiguous",
-                                         "n_ambiguous", "n_unambiguous", "intervals")}
+    return {key: values[key] for key in ("pob", "pob_debiased", "unambiguous_accuracy", "stereotype_gap",
+                                         "dont_know_ambiguous", "n_ambiguous", "n_unambiguous", "intervals")}
 
 
 def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
@@ -157,15 +167,16 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
 def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Run the whole demo and return what it writes to `<output_dir>/metrics.json`."""
     output_dir = Path(args.output_dir)
+    tasks_data = demo_tasks(args)  # before the model: a bad file or size fails in seconds
     model, processing_class = load_model(args.model)
-    train_rows, test_rows = demo_data(args, processing_class)
+    train_rows, test_rows = demo_data(args, processing_class, tasks_data)
     config = EvaluationConfig(progress=args.progress)
     say = print if args.progress else (lambda *a, **k: None)
     say(f"Measuring the base model on held-out wording ({', '.join(test_rows)}) ...")
     base = {name: evaluate(model, processing_class, rows, config) for name, rows in test_rows.items()}
 
     say(f"Training the steering: {args.max_steps} steps on {len(train_rows)} rows (exact estimator) ...")
-    trainer, seconds = train_demo(model, processing_class, train_rows, args, output_dir / "trainer")
+    trainer, seconds = train_demo(model, processing_class, train_rows, args, output_dir)  # it saves no checkpoint
     steering = trainer.steering
     trainer.save_model(str(output_dir / "steering"))
 
@@ -219,6 +230,9 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
         wandb.finish()
     if args.progress:
         print(format_report(metrics))
+    written = sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*")
+                     if path.is_file() and "wandb" not in path.relative_to(output_dir).parts)
+    print(f"\nWrote {len(written)} files to {output_dir}: {', '.join(written)}")
     return metrics
 
 
@@ -229,11 +243,13 @@ def format_report(metrics: dict[str, Any]) -> str:
     for name, task in metrics["tasks"].items():
         base, steered = task["base"], task["steered"]
         lines += [f"\n{name} (held-out templates and names)", f"{'':34}{'base':>8}{'λ = 1':>8}",
-                  f"{'Per-Occupation Bias (points)':34}{base['pob']:8.1f}{steered['pob']:8.1f}",
-                  f"{'unambiguous accuracy (%)':34}{base['unambiguous_accuracy']:8.1f}"
-                  f"{steered['unambiguous_accuracy']:8.1f}",
+                  f"{'Per-Occupation Bias (points)':34}{points_text(base['pob']):>8}{points_text(steered['pob']):>8}",
+                  f"{'  bias-corrected':34}{points_text(base['pob_debiased']):>8}"
+                  f"{points_text(steered['pob_debiased']):>8}",
+                  f"{'unambiguous accuracy (%)':34}{points_text(base['unambiguous_accuracy']):>8}"
+                  f"{points_text(steered['unambiguous_accuracy']):>8}",
                   f"{'λ:':10}" + "".join(f"{p['strength']:6.2g}" for p in task["sweep"]),
-                  f"{'POB:':10}" + "".join(f"{p['pob']:6.1f}" for p in task["sweep"])]
+                  f"{'POB:':10}" + "".join(f"{points_text(p['pob']):>6}" for p in task["sweep"])]
         full = task["sweep"][-1]
         if "text_kl" in full:
             lines += [f"outside the task at λ = {full['strength']:g}: KL {full['text_kl']:.3f} nats/token and "

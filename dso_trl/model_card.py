@@ -22,6 +22,7 @@ import yaml
 
 from .atomic import write_atomic
 from .evaluation.capability import generations_markdown
+from .evaluation.metrics import points_text
 from .evaluation.sweep import Sweep, SweepPoint
 from .tracking import base_and_steered
 
@@ -29,8 +30,9 @@ __all__ = ["DEFAULT_TAGS", "MODEL_CARD_NAME", "render_export_card", "render_mode
 
 MODEL_CARD_NAME = "README.md"
 DEFAULT_TAGS = ("dso_trl", "dso", "steering", "bias-mitigation", "fairness", "trl", "grpo")
-METRICS = (("pob", "Per-Occupation Bias ↓"), ("stereotype_gap", "stereotype gap"),
-           ("unambiguous_accuracy", "unambiguous accuracy ↑"), ("dont_know_ambiguous", "\"don't know\" (ambiguous)"))
+METRICS = (("pob", "Per-Occupation Bias ↓"), ("pob_debiased", "POB, bias-corrected ↓"),
+           ("stereotype_gap", "stereotype gap"), ("unambiguous_accuracy", "unambiguous accuracy ↑"),
+           ("dont_know_ambiguous", "\"don't know\" (ambiguous)"))
 
 
 def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], strength: float | None = None,
@@ -91,7 +93,8 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
 
     lines += ["", "## Measured bias and accuracy", ""]
     if sweep is None or not sweep.points:
-        lines.append("No evaluation was run.")
+        lines.append("No evaluation was run: `dso-trl sweep --steering <this folder>` measures bias and accuracy "
+                     "over λ on held-out rows.")
     else:
         lines += _results(sweep, strength)
         lines += _capability(sweep)
@@ -203,17 +206,10 @@ def _capability(sweep: Sweep) -> list[str]:
 
 def _figure(point: SweepPoint, name: str) -> str:
     value = float(getattr(point.metrics, name))
-    if not math.isfinite(value):
-        return "n/a"
     low, high = point.metrics.intervals.get(name, (math.nan, math.nan))
-    if math.isfinite(low) and math.isfinite(high):
-        return f"{_number(value)} [{_number(low)}, {_number(high)}]"
-    return _number(value)
-
-
-def _number(value: float) -> str:
-    text = f"{value:.1f}"
-    return "0.0" if text == "-0.0" else text
+    if math.isfinite(value) and math.isfinite(low) and math.isfinite(high):
+        return f"{points_text(value)} [{points_text(low)}, {points_text(high)}]"
+    return points_text(value)
 
 
 def _is_hub_id(name: str) -> bool:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one set-up command: a virtual environment in .venv with dso_trl (editable), its test tools and SmolLM2.
-# CPU machines get the CPU build of torch (2.13.0); machines with an NVIDIA driver get the default CUDA build.
+# Machines with an NVIDIA driver get PyPI's default (CUDA) torch; others get torch==2.13.0. On Linux, PyPI's 2.13.0 is
+# the multi-GB CUDA build: set TORCH_INDEX_URL to PyTorch's CPU wheel index to get the ~200 MB CPU build instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -9,6 +10,8 @@ pip() { .venv/bin/python -m pip "$@"; }
 pip install --quiet --upgrade pip
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   pip install --quiet "torch>=2.6"
+elif [ -n "${TORCH_INDEX_URL:-}" ]; then
+  pip install --quiet "torch==2.13.0" --extra-index-url "$TORCH_INDEX_URL"
 else
   pip install --quiet "torch==2.13.0"
 fi

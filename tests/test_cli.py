@@ -60,6 +60,49 @@ def test_help_lists_every_command_and_its_options(capsys):
         assert exit_info.value.code == 0 and all(option in text for option in options), (name, text)
 
 
+def test_help_has_one_entry_per_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--steering_use_scale [STEERING_USE_SCALE]" in text  # `--steering_use_scale false` turns it off
+    assert "--no_steering_use_scale" not in text and "\n  --no_" not in text
+
+
+def test_train_defaults_are_the_readme_recipe():
+    from dso_trl.cli import TRAIN_DEFAULTS, TrainArguments, _longest_answer_tokens, _parse
+    from dso_trl.tasks import load_task
+    from dso_trl.trainer import DSOConfig
+
+    args, config = _parse("train", (TrainArguments, DSOConfig), [], TRAIN_DEFAULTS)
+    assert (config.estimator, config.learning_rate, config.per_device_train_batch_size, config.num_generations,
+            config.max_steps, config.scale_rewards, config.gradient_checkpointing) == \
+        ("exact", 1e-3, 32, 2, 60, "none", False)
+    assert config.max_completion_length is None and not config.dataloader_pin_memory
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert ('estimator="exact", learning_rate=1e-3, per_device_train_batch_size=32,\n                 '
+            'num_generations=2, max_steps=60, scale_rewards="none", gradient_checkpointing=False') in readme
+
+    class WordTokenizer:  # one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    rows = load_task("pronoun", n_train=40, n_test=0, n_test_unambiguous=0)["train"]
+    assert _longest_answer_tokens(rows, WordTokenizer()) == 1  # " he" / " she": one word
+
+
+def test_user_errors_are_one_line_and_come_before_the_model(tmp_path):
+    """The data are checked before the model loads: the missing CSV is reported, not the missing model."""
+    base = [sys.executable, "-m", "dso_trl.cli", "train", "--model", str(tmp_path / "no-model"), "--output_dir",
+            str(tmp_path / "out"), "--task", "synthbias", "--data_path", str(tmp_path / "missing.csv")]
+    result = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("dso-trl train: error: SynthBias file not found") and "missing.csv" in line
+    assert not (tmp_path / "out").exists()
+    debug = subprocess.run([*base, "--debug"], capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+
+
 def test_unknown_command_names_it():
     with pytest.raises(SystemExit, match="unknown command 'trian'"):
         main(["trian"])
@@ -93,6 +136,16 @@ def test_demo_writes_steering_metrics_and_plots(demo, model_dir):
     card = (demo / "steering" / "README.md").read_text()
     assert "library_name: dso_trl" in card and f"{metrics['steered']['pob']:.1f}" in card
     assert "## What else changed" in card and "## Chat answers, base vs steered" in card
+    assert not (demo / "trainer").exists()  # no empty folders
+
+
+def test_demo_metrics_intervals_contain_their_estimates(demo):
+    metrics = json.loads((demo / "metrics.json").read_text())
+    points = [metrics["base"], metrics["steered"]]
+    assert "pob_debiased" in metrics["base"]["intervals"] and "pob" not in metrics["base"]["intervals"]
+    for point in points:
+        for name, (low, high) in point["intervals"].items():
+            assert point[name] is None or low <= point[name] <= high, (name, low, point[name], high)
 
 
 def test_demo_logs_training_and_fairness_to_wandb(demo):
@@ -111,6 +164,8 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
           "--gradient_checkpointing", "false", "--disable_tqdm", "true"])
     steering_dir = tmp_path / "run" / "steering"
     assert (steering_dir / "steering.safetensors").is_file()
+    card = (steering_dir / "README.md").read_text()  # our card, not TRL's "trained with GRPO" fine-tune card
+    assert "library_name: dso_trl" in card and "Steering.from_pretrained" in card and "| estimator | exact |" in card
 
     common = ["--model", model_dir, "--n_test", "8", "--n_test_unambiguous", "8"]
     main(["evaluate", *common, "--output_dir", str(tmp_path / "base"), "--capability", "false"])
@@ -141,6 +196,10 @@ def test_train_then_evaluate_then_sweep(model_dir, tmp_path):
     (["evaluate", "--task", "winobias", "--data_path", "x.csv"], "not used by --task winobias"),
     (["sweep"], "needs --steering"),
     (["sweep", "--steering", "x", "--baselines", "caa", "lora"], "unknown baseline"),
+    (["evaluate", "--steering", "nowhere"], "nowhere is not a steering folder"),
+    (["train", "--learning_rate", "-1"], "learning_rate must be > 0"),
+    (["train", "--resume_from_checkpoint", "nowhere/checkpoint-3"], "checkpoint-3: it does not exist"),
+    (["train", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, message, model_dir):
     with pytest.raises((SystemExit, ValueError), match=message):

@@ -326,7 +326,8 @@ def test_sweep_writes_files_and_restores_the_steering(tokenizer, tmp_path):
         table = list(csv.DictReader(handle))
     assert len(table) == 6 and float(table[4]["strength"]) == 0.5 and float(table[4]["keep_fraction"]) == 0.1
     assert float(table[2]["pob"]) == pytest.approx(sweep.points[2].metrics.pob)
-    assert {"pob_low", "pob_high", "unambiguous_accuracy_low", "kl"} <= set(table[0])
+    assert {"pob_debiased_low", "pob_debiased_high", "unambiguous_accuracy_low", "kl"} <= set(table[0])
+    assert "pob_low" not in table[0]  # plain POB has no interval: the bias-corrected one carries it
     for name in ("bias_vs_strength.png", "accuracy_vs_strength.png", "pareto.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5000

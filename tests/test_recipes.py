@@ -329,7 +329,7 @@ def test_model_card_front_matter_and_results(tmp_path):
     meta = front_matter(card)
     assert meta == {"library_name": "dso_trl", "base_model": "Qwen/Qwen2.5-0.5B-Instruct",
                     "tags": ["dso_trl", "dso", "steering", "bias-mitigation", "fairness", "trl", "grpo", "extra"]}
-    assert "No evaluation was run." in card and "| trainable parameters | 49,152 (0.01% of the model) |" in card
+    assert "No evaluation was run" in card and "| trainable parameters | 49,152 (0.01% of the model) |" in card
     assert "steering.set_strength(0.5)" in card
     path = write_model_card(tmp_path / "out", base_model="./local", task="pronoun", rewards=[])
     assert path == tmp_path / "out" / "README.md" and "base_model" not in front_matter(path.read_text())

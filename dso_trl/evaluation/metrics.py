@@ -137,6 +137,14 @@ def compute_metrics(table: ChoiceTable, *, n_boot: int = 1000, confidence: float
     )
 
 
+def points_text(value: float | None) -> str:
+    """A figure in points for people: one decimal, or "n/a" where it is undefined (no rows of the kind)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 def basic_interval(estimate: float, resampled: np.ndarray, confidence: float, bounds: tuple[float, float]
                    ) -> tuple[float, tuple[float, float]]:
     """(median-unbiased estimate, basic bootstrap interval) of a figure from its plain `estimate` and its values on

@@ -5,6 +5,7 @@ Figures are drawn with matplotlib's object API on the Agg canvas, so no display 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +31,9 @@ def plot_sweep(sweep: Sweep, output_dir: str | Path) -> dict[str, Path]:
     capability; returns their paths by kind."""
     folder = Path(output_dir)
     draw: dict[str, Callable[[Axes, Sweep], None]] = {
-        "bias": lambda ax, s: _versus_strength(ax, s, "pob", "Per-Occupation Bias (points)"),
-        "accuracy": lambda ax, s: _versus_strength(ax, s, "unambiguous_accuracy", "Unambiguous accuracy (%)"),
+        "bias": lambda ax, s: _versus_strength(ax, s, {"pob": "", "pob_debiased": ", bias-corrected"},
+                                               "Per-Occupation Bias (points)"),
+        "accuracy": lambda ax, s: _versus_strength(ax, s, {"unambiguous_accuracy": ""}, "Unambiguous accuracy (%)"),
         "pareto": _pareto,
         "capability": _bias_versus_text_kl,
     }
@@ -60,14 +62,19 @@ def _label(keep_fraction: float) -> str:
     return "DSO" if keep_fraction == 1 else f"DSO, {keep_fraction:.0%} kept"
 
 
-def _versus_strength(ax: Axes, sweep: Sweep, metric: str, ylabel: str) -> None:
+def _versus_strength(ax: Axes, sweep: Sweep, metrics: dict[str, str], ylabel: str) -> None:
+    """One line per keep fraction and metric (`metrics`: name -> label suffix), with its interval band if it has one."""
     for fraction, points in _curves(sweep).items():
         x = [p.strength for p in points]
-        line = ax.plot(x, [getattr(p.metrics, metric) for p in points], marker="o", label=_label(fraction))[0]
-        intervals = [p.metrics.intervals.get(metric) for p in points]
-        if all(intervals):
-            ax.fill_between(x, [i[0] for i in intervals], [i[1] for i in intervals], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+        for style, (metric, suffix) in zip(("-", "--"), metrics.items()):
+            values = [getattr(p.metrics, metric) for p in points]
+            if all(math.isnan(v) for v in values):
+                continue
+            line = ax.plot(x, values, marker="o", linestyle=style, label=_label(fraction) + suffix)[0]
+            intervals = [p.metrics.intervals.get(metric) for p in points]
+            if all(intervals):
+                ax.fill_between(x, [i[0] for i in intervals], [i[1] for i in intervals], color=line.get_color(),
+                                alpha=0.2, linewidth=0)
     level = sweep.points[0].metrics.confidence
     ax.set(xlabel="steering strength λ", ylabel=ylabel, title=f"{ylabel.split(' (')[0]} vs λ ({level:.0%} CI band)")
     ax.grid(alpha=0.3)

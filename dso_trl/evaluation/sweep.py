@@ -42,12 +42,14 @@ class SweepPoint:
     capability: CapabilityMetrics | None = None
 
     def summary(self) -> dict[str, Any]:
-        """One flat CSV row: headline figures with their interval bounds."""
+        """One flat CSV row: headline figures with the bounds of those that have an interval (plain POB has none:
+        its interval is the bias-corrected one's, see dso_trl.evaluation.metrics)."""
         m = self.metrics
         row: dict[str, Any] = {"keep_fraction": self.keep_fraction, "strength": self.strength}
         for name in HEADLINE:
-            low, high = m.intervals.get(name, (math.nan, math.nan))
-            row.update({name: getattr(m, name), f"{name}_low": low, f"{name}_high": high})
+            row[name] = getattr(m, name)
+            if name in m.intervals:
+                row.update({f"{name}_low": m.intervals[name][0], f"{name}_high": m.intervals[name][1]})
         row.update(dont_know_unambiguous=m.dont_know_unambiguous, unparsed_rate=m.unparsed_rate,
                    n_ambiguous=m.n_ambiguous, n_unambiguous=m.n_unambiguous, kl=self.kl)
         if self.capability is not None:
@@ -139,7 +141,8 @@ def write_sweep(sweep: Sweep, output_dir: str | os.PathLike, plots: bool = True)
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows([{k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                              for row in rows])  # an undefined figure (no rows of its kind) is an empty cell
 
     write_atomic(folder / CSV_NAME, write_csv)
     paths = {"json": folder / JSON_NAME, "csv": folder / CSV_NAME}
