@@ -38,9 +38,9 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 # `dso-trl train` defaults to the README's recipe (the demo's): GRPOConfig's own defaults (sampled estimator,
 # 512-token completions) make a one-word answer cost minutes per step on a CPU. `max_completion_length` None is the
 # task's longest answer.
-TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=1e-3, per_device_train_batch_size=32, num_generations=2,
-                      max_steps=60, scale_rewards="none", gradient_checkpointing=False, max_completion_length=None,
-                      output_dir="outputs/train", logging_steps=10, save_steps=20)
+TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=2e-3, per_device_train_batch_size=32, num_generations=2,
+                      max_steps=100, scale_rewards="none", text_kl_coef=3.0, gradient_checkpointing=False,
+                      max_completion_length=None, output_dir="outputs/train", logging_steps=10, save_steps=20)
 
 
 @dataclass

@@ -75,12 +75,13 @@ def test_train_defaults_are_the_readme_recipe():
 
     args, config = _parse("train", (TrainArguments, DSOConfig), [], TRAIN_DEFAULTS)
     assert (config.estimator, config.learning_rate, config.per_device_train_batch_size, config.num_generations,
-            config.max_steps, config.scale_rewards, config.gradient_checkpointing) == \
-        ("exact", 1e-3, 32, 2, 60, "none", False)
+            config.max_steps, config.scale_rewards, config.text_kl_coef, config.gradient_checkpointing) == \
+        ("exact", 2e-3, 32, 2, 100, "none", 3.0, False)
     assert config.max_completion_length is None and not config.dataloader_pin_memory
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert ('estimator="exact", learning_rate=1e-3, per_device_train_batch_size=32,\n                 '
-            'num_generations=2, max_steps=60, scale_rewards="none", gradient_checkpointing=False') in readme
+    assert ('estimator="exact", learning_rate=2e-3, per_device_train_batch_size=32,\n                 '
+            'num_generations=2, max_steps=100, scale_rewards="none", text_kl_coef=3.0,\n                 '
+            'gradient_checkpointing=False') in readme
 
     class WordTokenizer:  # one token per word
         def __call__(self, text, add_special_tokens=False):
