@@ -31,7 +31,10 @@ PLOT_FILES = ("bias_vs_strength.png", "accuracy_vs_strength.png", "pareto.png")
 PROCESSOR_CLASS = "conftest.ImageOnlyQwen2_5_VLProcessor"  # Qwen2.5-VL's own needs torchvision for its video part
 TRAINING = ["--estimator", "exact", "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_steps", "2",
             "--learning_rate", "0.05", "--logging_steps", "1", "--save_strategy", "no", "--use_cpu", "true",
-            "--seed", "0", "--sweep_n_boot", "50", "--disable_tqdm", "true"]
+            "--seed", "0", "--sweep_n_boot", "50", "--disable_tqdm", "true",
+            # the tiny test tokenizers have no token for MMLU's option letters C and D; the capability suite in a sweep
+            # is tested by the demo (test_cli) and test_capability
+            "--sweep_capability", "false"]
 LLM_DATA = ["--task", "winobias", "--n_train", "8", "--n_train_unambiguous", "8", "--n_test", "8",
             "--n_test_unambiguous", "8"]
 VLM_DATA = ["--occupations", "nurse", "farmer", "--figures_per_group", "1", "--n_train", "4", "--n_train_unambiguous",
@@ -138,7 +141,9 @@ def test_llm_recipe_trains_saves_sweeps_and_writes_the_card(tmp_path, llm_dir):
     assert f"| base model | `{llm_dir}` |" in card and "| task | winobias |" in card
     assert "| training steps | 2 |" in card and "| trainable parameters | 160 (" in card
     assert "`dso_trl.rewards.GenderParityReward`, `dso_trl.rewards.UnambiguousAccuracyReward`" in card
-    assert f"| base | 0 | {base.pob:.1f} [" in card and f"| steered | 1 | {steered.pob:.1f} [" in card
+    # POB as the paper defines it (no interval of its own), then the bias-corrected POB with its interval
+    assert f"| base | 0 | {base.pob:.1f} | {base.pob_debiased:.1f} [" in card
+    assert f"| steered | 1 | {steered.pob:.1f} | {steered.pob_debiased:.1f} [" in card
 
 
 def test_vlm_recipe_trains_saves_sweeps_and_writes_the_card(tmp_path, vlm_dir):
