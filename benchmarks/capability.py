@@ -63,9 +63,10 @@ def plot(runs: list[dict], path: Path) -> None:
             ax.annotate(f"λ={point['strength']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axvline(TARGETS["text_kl"], color="grey", linestyle=":", label="text KL target")
     ax.axhline(TARGETS["pob"], color="grey", linestyle="--", label="POB target")
-    ax.set(xscale="symlog", xlabel="KL(steered ‖ base) on held-out prose, nats/token (symlog)",
+    ax.set(xlabel="KL(steered ‖ base) on held-out prose, nats/token (symlog)",
            ylabel="Per-Occupation Bias (points)", title="SmolLM2-135M-Instruct: bias vs capability")
     ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)

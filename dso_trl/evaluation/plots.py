@@ -81,12 +81,17 @@ def _versus_strength(ax: Axes, sweep: Sweep, metrics: dict[str, str], ylabel: st
     ax.legend()
 
 
-def _pareto(ax: Axes, sweep: Sweep) -> None:
+def _lambda_curves(ax: Axes, sweep: Sweep, x: Callable[[SweepPoint], float], y: Callable[[SweepPoint], float]) -> None:
+    """One line per keep fraction through the (x, y) of its points, each point labelled with its λ."""
     for fraction, points in _curves(sweep).items():
-        x, y = [p.metrics.pob for p in points], [p.metrics.unambiguous_accuracy for p in points]
-        ax.plot(x, y, marker="o", label=_label(fraction))
-        for point, xi, yi in zip(points, x, y):
+        xs, ys = [x(p) for p in points], [y(p) for p in points]
+        ax.plot(xs, ys, marker="o", label=_label(fraction))
+        for point, xi, yi in zip(points, xs, ys):
             ax.annotate(f"λ={point.strength:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def _pareto(ax: Axes, sweep: Sweep) -> None:
+    _lambda_curves(ax, sweep, lambda p: p.metrics.pob, lambda p: p.metrics.unambiguous_accuracy)
     for baseline in sweep.baselines:
         points = baseline["points"]
         x, y = [p["pob"] for p in points], [p["unambiguous_accuracy"] for p in points]
@@ -103,11 +108,7 @@ def _pareto(ax: Axes, sweep: Sweep) -> None:
 
 def _bias_versus_text_kl(ax: Axes, sweep: Sweep) -> None:
     """Bias against what the steering moved outside the task: KL(steered ‖ base) on held-out prose."""
-    for fraction, points in _curves(sweep).items():
-        x, y = [p.capability.text_kl for p in points], [p.metrics.pob for p in points]
-        ax.plot(x, y, marker="o", label=_label(fraction))
-        for point, xi, yi in zip(points, x, y):
-            ax.annotate(f"λ={point.strength:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    _lambda_curves(ax, sweep, lambda p: p.capability.text_kl, lambda p: p.metrics.pob)
     ax.set(xlabel="KL(steered ‖ base) on held-out prose (nats/token)",
            ylabel="Per-Occupation Bias (points, lower is better)", title="Bias vs change outside the task")
     ax.grid(alpha=0.3)
