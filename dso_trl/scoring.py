@@ -146,7 +146,7 @@ def _next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[E
                          device: torch.device) -> torch.Tensor:
     """Log-softmax of the next-token logits after each prompt ([prompts, vocab]): when every option is one token,
     this scores all of a row's options with one sequence instead of one per option."""
-    inputs = batch_inputs([p.input_ids for p in prompts], prompts, _pad_id(tokenizer), "right", device)
+    inputs = batch_inputs([p.input_ids for p in prompts], prompts, pad_token_id(tokenizer), "right", device)
     width = inputs["input_ids"].shape[1]
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         inputs["logits_to_keep"] = width - min(len(p.input_ids) for p in prompts) + 1
@@ -172,7 +172,7 @@ def _pair_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[Encoded
                    completions: list[list[int]], device: torch.device) -> torch.Tensor:
     """Summed completion log-probabilities of one right-padded forward pass over `prompt + completion` sequences."""
     sequences = [p.input_ids + c for p, c in zip(prompts, completions)]
-    inputs = batch_inputs(sequences, prompts, _pad_id(tokenizer), "right", device)
+    inputs = batch_inputs(sequences, prompts, pad_token_id(tokenizer), "right", device)
     width = inputs["input_ids"].shape[1]
     first = min(len(p.input_ids) for p in prompts) - 1  # earliest position whose logits predict a completion token
     if first < 0:
@@ -211,11 +211,12 @@ def _as_image_list(image: Any) -> list[Any]:
     return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad with: the pad token, else end-of-sequence, else 0 (any id works under a zero attention mask)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
-    return 0  # any id works under a zero attention mask
+    return 0
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

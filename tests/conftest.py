@@ -120,6 +120,15 @@ def tokenizer():
     return train_tokenizer(SPECIAL_TOKENS)
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> str:
+    """The tiny Llama and the local tokenizer saved as a model folder, for the command-line tests."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 class ImageOnlyQwen2_5_VLProcessor(tf.Qwen2_5_VLProcessor):
     """Qwen2.5-VL's processor without its video processor, which needs torchvision (not installed on CPU)."""
 

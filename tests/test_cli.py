@@ -20,14 +20,6 @@ TINY = ["--max_steps", "2", "--batch_size", "8", "--n_train", "12", "--n_test", 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def demo(model_dir, tmp_path_factory) -> Path:
     """The demo on the tiny model, logging to an offline W&B run under `<out>/wandb`."""
     out = tmp_path_factory.mktemp("demo")

@@ -13,21 +13,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import make_model
 from dso_trl.cli import main
 from dso_trl.trainer.resume import CheckpointError, incomplete_reason, refuse_overwrite, resolve_resume
 
 TESTS = Path(__file__).resolve().parent
 REWARDS = ["--reward_funcs", "interrupting_reward.InterruptingParityReward",
            "dso_trl.rewards.UnambiguousAccuracyReward"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer) -> str:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def train_argv(model_dir: str, output_dir: Path, estimator: str) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from ..scoring import batch_inputs, encode_prompts, inference, tokenizer_of
+from ..scoring import batch_inputs, encode_prompts, inference, pad_token_id, tokenizer_of
 from ..steering import Steering
 
 
@@ -39,7 +39,7 @@ def compare_on_text(steering: Steering, processing_class: Any, texts: Sequence[s
         raise ValueError("the capability texts must be a non-empty list of plain strings")
     model = steering.model
     tokenizer = tokenizer_of(processing_class)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     kl_sum = base_sum = steered_sum = 0.0
     kl_count = nll_count = 0

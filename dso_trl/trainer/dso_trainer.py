@@ -18,7 +18,8 @@ from trl.trainer.utils import RepeatSampler, create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..model_card import write_model_card
-from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, row_option_probabilities, tokenizer_of
+from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, row_option_probabilities,
+                       tokenizer_of)
 from ..steering import Steering, SteeringError
 from ..steering.serialization import load_values
 from .checkpoint import (
@@ -223,8 +224,7 @@ class DSOTrainer(GRPOTrainer):
         index = ((self.state.global_step * self.args.gradient_accumulation_steps + drawn) * world
                  + self.accelerator.process_index) * size
         ids = [self._text_kl_ids[(index + i) % len(self._text_kl_ids)] for i in range(size)]
-        tokenizer = tokenizer_of(self.processing_class)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad = pad_token_id(tokenizer_of(self.processing_class))
         inputs = batch_inputs(ids, [EncodedPrompt(i) for i in ids], pad, "right", self.accelerator.device)
         steered = model(**inputs, use_cache=False).logits.float().log_softmax(-1)
         with torch.no_grad(), self.steering.disabled():
