@@ -109,3 +109,38 @@ def test_a_fresh_run_refuses_an_output_dir_with_checkpoints(model_dir, tmp_path,
     assert (tmp_path / "checkpoint-2" / "trainer_state.json").is_file()  # untouched
     main([*argv, "--max_steps", "1", "--save_strategy", "no", "--overwrite_output_dir"])
     assert not list(tmp_path.glob("checkpoint-*")) and (tmp_path / "steering" / "steering.safetensors").is_file()
+
+
+def launch_two_processes(argv: list[str], port: int, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `dso-trl train` on two CPU processes (DDP over gloo), from the tests folder."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(TESTS.parent / "accelerate_configs" / "cpu_2proc.yaml"), "--num_processes", "2",
+               "--main_process_port", str(port), "-m", "dso_trl.cli", *argv, "--use_cpu", "true"]
+    return subprocess.run(command, cwd=TESTS, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sampled"])
+def test_a_killed_two_process_run_resumes_exactly(model_dir, tmp_path, estimator):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    port = 29521 if estimator == "exact" else 29523
+    killed = launch_two_processes(train_argv(model_dir, tmp_path / "run", estimator), port,
+                                  {**env, "DSO_TEST_KILL_AT_STEP": "4", "DSO_TEST_STEP_LOG": str(tmp_path / "killed.log")})
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert sorted(set(steps_scored(tmp_path / "killed.log"))) == [0, 1, 2, 3, 4]
+    assert [p.name for p in sorted((tmp_path / "run").glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+
+    resumed = launch_two_processes([*train_argv(model_dir, tmp_path / "run", estimator), "--resume_from_checkpoint",
+                                    "true"], port, {**env, "DSO_TEST_STEP_LOG": str(tmp_path / "resumed.log")})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    full = launch_two_processes(train_argv(model_dir, tmp_path / "full", estimator), port,
+                                {**env, "DSO_TEST_STEP_LOG": str(tmp_path / "full.log")})
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
+
+    assert sorted(steps_scored(tmp_path / "resumed.log")) == [4, 4, 5, 5]  # each rank: only the remaining steps
+    assert sorted(steps_scored(tmp_path / "full.log")) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    after_resume = load_file(str(tmp_path / "run" / "steering" / "steering.safetensors"))
+    uninterrupted = load_file(str(tmp_path / "full" / "steering" / "steering.safetensors"))
+    assert after_resume.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert (after_resume[name] - uninterrupted[name]).abs().max() == 0, name
+    assert any(tensor.abs().sum() > 0 for tensor in uninterrupted.values())
