@@ -3,8 +3,8 @@ completely into the weights (`--steering_shift_sites foldable`), on SmolLM2-135M
 
 Each variant is a fresh Python process that runs the demo's recipe (`dso_trl.demo.train_demo`, default
 `DemoArguments` but for the shift sites), then measures on the held-out test split of the pronoun task (400 ambiguous
-and 400 unambiguous rows, exact estimator) over the demo's λ grid: Per-Occupation Bias, unambiguous accuracy and
-KL(steered ‖ base) on the 40 bundled neutral sentences. On Llama-family models (SmolLM2) no RMSNorm shift folds (the
+and 400 unambiguous rows, exact estimator) over the demo's λ grid: Per-Occupation Bias, unambiguous accuracy and what
+changed outside the task (`CapabilitySuite`: text KL and perplexity ratio on held-out prose, MMLU answers). On Llama-family models (SmolLM2) no RMSNorm shift folds (the
 Linear layers that read the norms have no biases), so `foldable` is the scale-only steering; the script checks it.
 Training is seeded and deterministic, so each variant runs once. The steerings are kept in `--work_dir` for
 `benchmarks/export_fidelity.py`.
@@ -46,7 +46,7 @@ def one_variant(name: str, max_steps: int, n_test: int, work_dir: Path) -> dict:
             "trainable_parameters": steering.num_parameters(), "unfoldable_sites": len(steering.unfoldable_sites()),
             "train_seconds": seconds, "steps": trainer.state.global_step, "sweep": sweep_records(sweep),
             "intervals_at_1": {key: list(value) for key, value in sweep.points[-1].metrics.intervals.items()
-                               if key in ("pob", "unambiguous_accuracy")}}
+                               if key in ("pob_debiased", "unambiguous_accuracy")}}
 
 
 def main() -> None:
@@ -78,7 +78,8 @@ def main() -> None:
         results[name] = result
         last = result["sweep"][-1]
         print(f"{name}: {result['trainable_parameters']:,} parameters, {result['train_seconds']:.0f} s; at λ = 1 "
-              f"POB {last['pob']:.1f}, accuracy {last['unambiguous_accuracy']:.1f}, text KL {last['text_kl']:.3f}",
+              f"POB {last['pob']:.1f}, accuracy {last['unambiguous_accuracy']:.1f}, text KL {last['text_kl']:.3f}, "
+              f"MMLU agreement {last['mmlu_agreement']:.1f}%",
               flush=True)
     if "foldable" in results and results["foldable"]["unfoldable_sites"]:
         raise SystemExit("the foldable steering has unfoldable sites: shift_sites='foldable' is broken")

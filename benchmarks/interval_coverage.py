@@ -5,8 +5,9 @@ unambiguous rows each, exact estimator). A row's probability of the stereotypica
 plus template noise, `sigmoid(logit(level) + N(0, noise²))`, so rows of an occupation differ as held-out templates do;
 the true POB and accuracy are the means over that row distribution, computed from 200,000 draws per occupation. For
 every table `compute_metrics` (1,000 resamples, 95%) gives the intervals; we count how often they contain the true
-value (coverage, nominal 95%) and whether they contain their own point estimate. As the baseline, measured on the same
-resamples, the percentile interval of plain POB (dso_trl's earlier intervals).
+value (coverage, nominal 95%) and whether they contain their own point estimate. As baselines, measured on the same
+resamples: the percentile interval of plain POB (dso_trl's first intervals) and the basic (reverse-percentile) interval
+of the bootstrap bias-corrected POB (its second), against the test-inversion interval of `pob_debiased` it ships now.
 
     python benchmarks/interval_coverage.py            # 300 tables; writes benchmarks/results/interval_coverage.json
     python benchmarks/interval_coverage.py --tables 50 --output /tmp/coverage.json   # a quick look
@@ -25,7 +26,7 @@ import numpy as np
 
 from dso_trl.atomic import write_atomic, write_json_atomic
 from dso_trl.evaluation import compute_metrics
-from dso_trl.evaluation.metrics import _bootstrap_sums, _figures
+from dso_trl.evaluation.metrics import _bootstrap_sums, _figures, basic_interval
 from dso_trl.evaluation.table import ChoiceTable
 
 OCCUPATIONS, ROWS = 40, 10
@@ -69,29 +70,33 @@ def true_figures(levels: np.ndarray, noise: float, accuracy_logit: float, draws:
     return {"pob": 100 * float(np.mean(np.abs(bias))), "unambiguous_accuracy": 100 * float(accuracy)}
 
 
-def percentile_pob(table: ChoiceTable, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
-    """The earlier interval: percentiles of the resampled plain POB, from the same resamples as compute_metrics."""
+def earlier_pob_intervals(table: ChoiceTable, pob: float, n_boot: int, seed: int, confidence: float
+                          ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The earlier intervals of POB, from the same resamples as compute_metrics: the percentile interval of plain POB,
+    and the basic interval of the bootstrap bias-corrected POB."""
     occupations = sorted(set(table.occupation))
     index = np.array([occupations.index(o) for o in table.occupation])
     samples = _figures(_bootstrap_sums(table, index, len(occupations), n_boot, seed))["pob"]
     tail = 100 * (1 - confidence) / 2
-    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+    percentile = float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+    return percentile, basic_interval(pob, samples, confidence, (0.0, 100.0))[1]
 
 
 def run_scenario(name: str, tables: int, n_boot: int, noise: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     levels = SCENARIOS[name](rng)
     truth = true_figures(levels, noise, accuracy_logit=2.0)
-    counts = dict.fromkeys(["pob_debiased_covers", "percentile_covers", "accuracy_covers", "pob_debiased_contains",
-                            "accuracy_contains", "percentile_contains_pob"], 0)
+    counts = dict.fromkeys(["pob_debiased_covers", "basic_covers", "percentile_covers", "accuracy_covers",
+                            "pob_debiased_contains", "accuracy_contains", "percentile_contains_pob"], 0)
     estimates = {"pob": [], "pob_debiased": []}
     for t in range(tables):
         table = draw_table(rng, levels, noise, accuracy_logit=2.0)
         m = compute_metrics(table, n_boot=n_boot, seed=t)
         low, high = m.intervals["pob_debiased"]
-        p_low, p_high = percentile_pob(table, n_boot, t, m.confidence)
+        (p_low, p_high), (b_low, b_high) = earlier_pob_intervals(table, m.pob, n_boot, t, m.confidence)
         a_low, a_high = m.intervals["unambiguous_accuracy"]
         counts["pob_debiased_covers"] += low <= truth["pob"] <= high
+        counts["basic_covers"] += b_low <= truth["pob"] <= b_high
         counts["percentile_covers"] += p_low <= truth["pob"] <= p_high
         counts["accuracy_covers"] += a_low <= truth["unambiguous_accuracy"] <= a_high
         counts["pob_debiased_contains"] += low <= m.pob_debiased <= high
@@ -113,11 +118,12 @@ def plot(results: dict, path: Path) -> None:
     ax = figure.add_subplot()
     scenarios = results["scenarios"]
     x = np.arange(len(scenarios))
-    bars = [("percentile_covers", "POB, percentile interval (before)"),
-            ("pob_debiased_covers", "bias-corrected POB, basic interval"),
+    bars = [("percentile_covers", "POB, percentile interval (first)"),
+            ("basic_covers", "bootstrap-corrected POB, basic interval (second)"),
+            ("pob_debiased_covers", "median-unbiased POB, test inversion (now)"),
             ("accuracy_covers", "accuracy, basic interval")]
     for i, (key, label) in enumerate(bars):
-        ax.bar(x + (i - 1) * 0.27, [100 * s["rates"][key] for s in scenarios], width=0.27, label=label)
+        ax.bar(x + (i - 1.5) * 0.2, [100 * s["rates"][key] for s in scenarios], width=0.2, label=label)
     ax.axhline(100 * results["confidence"], color="black", linestyle="--", linewidth=1, label="nominal 95%")
     ax.set_xticks(x, [f"{s['scenario']}\ntrue POB {s['true']['pob']:.1f}" for s in scenarios], fontsize=8)
     ax.set(ylabel="coverage of the true value (%)", ylim=(0, 105),

@@ -17,6 +17,7 @@ from dso_trl.evaluation import (
     BiasMetrics, ChoiceTable, EvaluationConfig, Sweep, SweepPoint, compute_metrics, evaluate, exact_table,
     load_sweep, pick_strength, run_sweep, sampled_table, steering_kl,
 )
+from dso_trl.evaluation.metrics import inverted_pob_interval
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -228,15 +229,25 @@ def test_every_interval_contains_its_point_estimate():
             assert math.isnan(value) or low <= value <= high, (t, name, low, value, high)
 
 
-def test_near_zero_bias_is_corrected_downward_and_its_interval_holds_it():
-    """40 occupations of 10 rows of pure noise around 50/50: plain POB is all bias; the corrected one is lower and its
-    interval contains it (it does not reach the truth, 0: see benchmarks/interval_coverage.py)."""
+def test_near_zero_bias_is_corrected_to_the_truth_and_its_interval_holds_it():
+    """40 occupations of 10 rows of pure noise around 50/50 (true POB 0): plain POB is all bias (8 points); the
+    median-unbiased one is 0 and its interval starts at the truth."""
     rng = np.random.default_rng(1)
     rows = [row(f"job{o}", True, stereotype=0, completions=(" he", " she")) for o in range(40) for _ in range(10)]
     pro = 1 / (1 + np.exp(-rng.normal(0, 1, len(rows))))
     metrics = compute_metrics(ChoiceTable.from_rows(rows, np.stack([pro, 1 - pro], 1), "exact"), n_boot=500)
     low, high = metrics.intervals["pob_debiased"]
-    assert 0 <= low <= metrics.pob_debiased <= high and metrics.pob_debiased < metrics.pob
+    assert metrics.pob > 7 and metrics.pob_debiased == low == 0 and 1 < high < metrics.pob
+
+
+def test_inverted_pob_interval_recovers_a_large_bias_and_narrows_with_the_noise():
+    bias = np.linspace(-0.5, 0.5, 40)  # true POB 25.6 points
+    estimate, (low, high) = inverted_pob_interval(bias, np.full(40, 0.02), 0.95, draws=2000)
+    assert low < estimate < high and abs(estimate - 100 * np.abs(bias).mean()) < 0.5 and high - low < 2
+    _, (wide_low, wide_high) = inverted_pob_interval(bias, np.full(40, 0.1), 0.95, draws=2000)
+    assert wide_high - wide_low > 2 * (high - low)
+    plain = 100 * np.abs(bias).mean()
+    assert inverted_pob_interval(bias, np.zeros(40), 0.95) == (plain, (plain, plain))  # no noise: nothing to correct
 
 
 def test_sampled_intervals_include_sampling_noise():
