@@ -48,7 +48,7 @@ def smollm2_folder() -> Path:
     a model folder themselves (lm-evaluation-harness) are given."""
     folder = cache_dir() / "SmolLM2-135M-Instruct"
     if not (folder / "config.json").is_file():
-        _build_cache(folder)
+        build_from_gguf(smollm2_gguf_path(), folder, SMOLLM2_ID)
     return folder
 
 
@@ -64,18 +64,18 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def _build_cache(folder: Path) -> None:
-    """De-quantise the GGUF to a plain fp32 model and save it; the folder appears atomically (rename of a temp dir)."""
+def build_from_gguf(gguf: Path, folder: Path, model_id: str) -> None:
+    """De-quantise a GGUF causal LM to a plain fp32 model folder recording `model_id`; the folder appears atomically
+    (rename of a temporary folder)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"})
     config.dtype = torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
-    model.config._name_or_path = SMOLLM2_ID
+    model.config._name_or_path = model_id
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
