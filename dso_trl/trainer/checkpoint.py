@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import write_atomic, write_json_atomic
 
 OPTIMIZER = "optimizer"
+SCALER = "scaler"
 SCHEDULER = "scheduler.json"
 
 

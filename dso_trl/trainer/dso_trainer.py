@@ -4,62 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler, create_model_from_path
+from trl.trainer.utils import create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..model_card import write_model_card
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, row_option_probabilities,
                        tokenizer_of)
-from ..steering import Steering, SteeringError
-from ..steering.serialization import load_values
-from .checkpoint import (
-    OPTIMIZER,
-    SCHEDULER,
-    load_tree,
-    optimizer_state,
-    restore_optimizer_state,
-    restore_rng_state,
-    rng_state,
-    save_tree,
-)
+from ..steering import Steering
 from .config import DSOConfig
 from .exact import exact_terms, option_kl
 from .resume import resolve_resume
+from .trl_seam import SteeringDisabledPolicy, TrlSeam, trl_builds_no_reference
 
 TRAINING_ARGS_JSON = "training_args.json"
 logger = logging.get_logger(__name__)
-
-
-class _SteeringDisabledPolicy(nn.Module):
-    """The policy with its steering off: DSO's reference model (the base model) without a second copy of the weights."""
-
-    def __init__(self, policy: nn.Module, steering: Steering):
-        super().__init__()
-        self.__dict__["policy"] = policy  # not a submodule: its parameters must not be registered twice
-        self.__dict__["steering"] = steering
-
-    def forward(self, *args, **kwargs):
-        with self.steering.disabled():
-            return self.policy(*args, **kwargs)
-
-
-class _EpochSeededSampler(RepeatSampler):
-    """TRL's `RepeatSampler` whose shuffle is a function of (seed, epoch), not of how many epochs this process has
-    iterated: a run resumed in epoch e sees the order the uninterrupted run saw (the Trainer calls `set_epoch`)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.seed is not None:
-            self.generator.manual_seed(self.seed + epoch)
 
 
 class _SparsityCallback(TrainerCallback):
@@ -72,7 +38,7 @@ class _SparsityCallback(TrainerCallback):
         self.trainer._after_optimizer_step()
 
 
-class DSOTrainer(GRPOTrainer):
+class DSOTrainer(TrlSeam, GRPOTrainer):
     """Direct Steering Optimization with TRL's [`~trl.GRPOTrainer`].
 
     The model (a causal LM or VLM, as an instance or a path/id) is frozen and a [`Steering`] is attached to its norm
@@ -121,6 +87,9 @@ class DSOTrainer(GRPOTrainer):
                 "use_vllm=True is not supported by DSOTrainer: vLLM never runs the steering hooks, so it would sample "
                 "from the unsteered model. Use transformers generation (use_vllm=False)."
             )
+        if args.sync_ref_model:
+            raise ValueError("sync_ref_model=True is not supported by DSOTrainer: its reference is the base model "
+                             "(the steering disabled), which training never changes")
         if isinstance(model, str):
             model_init_kwargs = dict(args.model_init_kwargs or {})
             if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
@@ -135,51 +104,24 @@ class DSOTrainer(GRPOTrainer):
         # TRL 1.16 calls the model's `gradient_checkpointing_*` methods, which transformers 5 renamed with a warning
         warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated",
                                 category=FutureWarning)
-
-        beta = args.beta
-        args.beta = 0.0  # keep GRPOTrainer from loading a second copy of the model as reference
-        try:
+        with trl_builds_no_reference(args) as beta:
             super().__init__(
                 model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                 eval_dataset=eval_dataset, processing_class=processing_class,
                 reward_processing_classes=reward_processing_classes, callbacks=callbacks, optimizers=optimizers,
                 **kwargs,
             )
-        finally:
-            args.beta = beta
         self.beta = beta
         if beta != 0.0:
-            self.ref_model = _SteeringDisabledPolicy(model, steering)
+            self.ref_model = SteeringDisabledPolicy(model, steering)
         self.add_callback(_SparsityCallback(self))
         self._text_kl_ids = self._text_kl_passages() if args.text_kl_coef > 0 else []
         self._text_kl_position = (-1, 0)  # (global step, micro-batches drawn in it)
 
-    # ------------------------------------------------------------------ data order (and the exact estimator's path)
-    def _get_train_sampler(self, dataset=None):
-        dataset = dataset if dataset is not None else self.train_dataset
-        if self.args.estimator == "sampled":  # GRPOTrainer's sampler: each prompt num_generations times
-            repeats = dict(mini_repeat_count=self.num_generations,
-                           batch_size=self.args.generation_batch_size // self.num_generations,
-                           repeat_count=self.num_iterations * self.args.steps_per_generation)
-        else:  # every row once per generation batch (no sampling), kept for steps_per_generation steps as GRPO does
-            repeats = dict(mini_repeat_count=1, batch_size=self.args.generation_batch_size,
-                           repeat_count=self.args.steps_per_generation)
-        return _EpochSeededSampler(data_source=dataset, shuffle=self.shuffle_dataset, seed=self.args.seed, **repeats)
-
-    def _prepare_inputs(self, generation_batch):
-        if self.args.estimator == "sampled":
-            return super()._prepare_inputs(generation_batch)
-        if not self.model.training:
-            return generation_batch
-        steps = self.args.steps_per_generation
-        if self._step % steps == 0 or self._buffered_inputs is None:
-            size = -(-len(generation_batch) // steps)
-            self._buffered_inputs = [generation_batch[i * size:(i + 1) * size] for i in range(steps)]
-        return self._buffered_inputs[self._step % steps]
-
+    # ------------------------------------------------------------------ the exact estimator
     def _exact_loss(self, model, rows: list[dict], mode: str) -> torch.Tensor:
-        extra = {"trainer_state": self.state, "log_metric": self._log_metric, "log_extra": self._log_completion_extra}
-        terms = exact_terms(model, self.processing_class, rows, self.reward_funcs, self.reward_weights, extra)
+        terms = exact_terms(model, self.processing_class, rows, self.reward_funcs, self.reward_weights,
+                            self._reward_logging_kwargs())
         expected = terms.expected_reward()
         loss = -terms.scaled_objective(self.args.scale_rewards).mean()
         if self.beta != 0.0:
@@ -187,13 +129,13 @@ class DSOTrainer(GRPOTrainer):
                 base = row_option_probabilities(model, self.processing_class, rows)
             kl = option_kl(terms.probabilities, base).mean()
             loss = loss + self.beta * kl
-            self._metrics[mode]["kl"].append(self.accelerator.gather(kl.detach()).mean().item())
-        self._metrics[mode]["reward"].append(self.accelerator.gather(expected.detach().mean()).mean().item())
+            self._record(mode, "kl", self.accelerator.gather(kl.detach()).mean().item())
+        self._record(mode, "reward", self.accelerator.gather(expected.detach().mean()).mean().item())
         for f, name in enumerate(self.reward_func_names):
             judged = ~torch.isnan(terms.per_function[..., f]).all(-1)
             if judged.any():
                 value = (terms.probabilities.detach() * terms.per_function[..., f].nan_to_num(0)).sum(-1)[judged]
-                self._metrics[mode][f"rewards/{name}/mean"].append(value.mean().item())
+                self._record(mode, f"rewards/{name}/mean", value.mean().item())
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         return loss / normalizer
 
@@ -233,31 +175,28 @@ class DSOTrainer(GRPOTrainer):
         return (steered.exp() * (steered - base)).sum(-1)[mask].mean()
 
     # ------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
-        if self.args.estimator == "exact":
-            loss = self._exact_loss(model, inputs, mode)
-        else:
-            loss = super()._compute_loss(model, inputs)
+    def _with_dso_terms(self, model, loss: torch.Tensor, mode: str) -> torch.Tensor:
+        """The estimator's loss plus the text-KL and ℓ1 terms (scaled for gradient accumulation as GRPO's loss is),
+        with their metrics."""
         if self.args.text_kl_coef > 0 and mode == "train":
             text_kl = self._text_kl(model)
             loss = loss + self.args.text_kl_coef * text_kl / self.current_gradient_accumulation_steps
-            self._metrics[mode]["dso/text_kl"].append(self.accelerator.gather(text_kl.detach()).mean().item())
+            self._record(mode, "dso/text_kl", self.accelerator.gather(text_kl.detach()).mean().item())
         params = list(self.steering.parameters())
         l1 = sum(p.abs().sum() for p in params)
         if self.args.l1_coef > 0 and not self.args.l1_proximal:
             normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
             loss = loss + self.args.l1_coef * l1 / normalizer
         numel = sum(p.numel() for p in params)
-        self._metrics[mode]["dso/l1"].append(float(l1.detach()))
-        self._metrics[mode]["dso/nonzero_fraction"].append(sum(int(torch.count_nonzero(p.detach())) for p in params) / numel)
-        self._metrics[mode]["dso/strength"].append(self.steering.strength)
+        self._record(mode, "dso/l1", float(l1.detach()))
+        self._record(mode, "dso/nonzero_fraction", sum(int(torch.count_nonzero(p.detach())) for p in params) / numel)
+        self._record(mode, "dso/strength", self.steering.strength)
         return loss
 
     @torch.no_grad()
     def _after_optimizer_step(self) -> None:
         masks = self.steering.masks
-        threshold = self.args.l1_coef * self._get_learning_rate() if self.args.l1_proximal else 0.0
+        threshold = self.args.l1_coef * self._current_learning_rate() if self.args.l1_proximal else 0.0
         for name, param in self.steering.named_parameters():
             if threshold > 0:
                 param.copy_(param.sign() * (param.abs() - threshold).clamp_min(0))
@@ -302,23 +241,6 @@ class DSOTrainer(GRPOTrainer):
             return deepspeed.zero.GatheredParameters(list(self.steering.parameters()), modifier_rank=None)
         return contextlib.nullcontext()
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            folder = Path(output_dir)
-            save_tree(folder, OPTIMIZER, optimizer_state(self.optimizer.state_dict()))
-            write_json_atomic(folder / SCHEDULER, self.lr_scheduler.state_dict())
-
-    def _save_scaler(self, output_dir: str) -> None:
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and self.args.should_save:
-            save_tree(Path(output_dir), "scaler", scaler.state_dict())
-
-    def _save_rng_state(self, output_dir: str) -> None:
-        os.makedirs(output_dir, exist_ok=True)
-        save_tree(Path(output_dir), f"rng_state_{self.args.process_index}", rng_state())
-
     # ------------------------------------------------------------------ resuming
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, where `resume_from_checkpoint=True` picks the latest *complete* checkpoint (see
@@ -326,35 +248,3 @@ class DSOTrainer(GRPOTrainer):
         resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir,
                                                 clean=self.args.should_save, say=logger.warning)
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        try:
-            load_values(self.steering, resume_from_checkpoint)
-        except (FileNotFoundError, SteeringError) as error:
-            raise ValueError(f"cannot resume from {resume_from_checkpoint}: {error}") from error
-
-    def _load_best_model(self) -> None:
-        load_values(self.steering, self.state.best_model_checkpoint)
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_optimizer_and_scheduler(checkpoint)
-        folder = Path(checkpoint)
-        optimizer = load_tree(folder, OPTIMIZER)
-        if optimizer is not None:
-            self.optimizer.load_state_dict(restore_optimizer_state(optimizer))
-        if (folder / SCHEDULER).is_file():
-            self.lr_scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text()))
-        scaler = load_tree(folder, "scaler")
-        if scaler is not None and getattr(self.accelerator, "scaler", None) is not None:
-            self.accelerator.scaler.load_state_dict(scaler)
-        if self.use_adaptive_entropy and (folder / "entropy_ctrl_state.json").is_file():
-            state = json.loads((folder / "entropy_ctrl_state.json").read_text())
-            self.entropy_coef, self._last_world_entropy = state["entropy_coef"], state["last_world_entropy"]
-
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        if checkpoint is None:
-            return
-        state = load_tree(Path(checkpoint), f"rng_state_{self.args.process_index}")
-        if state is not None:
-            restore_rng_state(state)
