@@ -21,15 +21,14 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .atomic import write_atomic
+from .export_card import DEFAULT_TAGS, MODEL_CARD_NAME, is_hub_id, render_export_card
 from .evaluation.capability import generations_markdown
 from .evaluation.metrics import points_text
-from .evaluation.sweep import Sweep, SweepPoint
+from .evaluation.sweep_data import Sweep, SweepPoint
 from .tracking import base_and_steered
 
 __all__ = ["DEFAULT_TAGS", "MODEL_CARD_NAME", "render_export_card", "render_model_card", "write_model_card"]
 
-MODEL_CARD_NAME = "README.md"
-DEFAULT_TAGS = ("dso_trl", "dso", "steering", "bias-mitigation", "fairness", "trl", "grpo")
 METRICS = (("pob", "Per-Occupation Bias ↓"), ("pob_debiased", "POB, bias-corrected ↓"),
            ("stereotype_gap", "stereotype gap"), ("unambiguous_accuracy", "unambiguous accuracy ↑"),
            ("dont_know_ambiguous", "\"don't know\" (ambiguous)"))
@@ -56,7 +55,7 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
         generations: base vs steered chat answers (`dso_trl.evaluation.side_by_side`), shown so a reader sees what
             changed.
     """
-    hub_id = base_model if _is_hub_id(base_model) else None
+    hub_id = base_model if is_hub_id(base_model) else None
     front = {"library_name": "dso_trl"}
     if hub_id:
         front["base_model"] = hub_id
@@ -117,34 +116,6 @@ def render_model_card(*, base_model: str, task: str, rewards: Sequence[str], str
         "README.",
         "",
     ]
-    return "\n".join(lines)
-
-
-def render_export_card(*, base_model: str, strength: float, sites: int, steering_parameters: int,
-                       changed_tensors: int, vision: bool = False, steering_card: str | None = None) -> str:
-    """The card of a folded export (`Steering.export_pretrained`): a plain transformers model, the base model with a
-    DSO steering written into its weights at λ = `strength`; `steering_card` (the steering's own card, with its
-    measured figures) is appended with its front matter dropped and its headings one level down."""
-    hub_id = base_model if _is_hub_id(base_model) else None
-    front: dict[str, Any] = {"library_name": "transformers"}
-    if hub_id:
-        front["base_model"] = hub_id
-    front["tags"] = [*DEFAULT_TAGS, "folded"]
-    auto_class = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
-             f"# {base_model.rstrip('/').split('/')[-1]}, debiased with DSO (λ = {strength:g}, folded)", "",
-             f"`{base_model}` with a Direct Steering Optimization (DSO) steering written into its weights at "
-             f"λ = {strength:g} by dso_trl: the per-neuron map `h' = h + λ·(a ⊙ h + b)` on the outputs of "
-             f"{sites} norm layers ({steering_parameters:,} steering parameters) is folded exactly into "
-             f"{changed_tensors} weight and bias tensors (norm weights and biases, and the biases of the Linear "
-             "layers that read a shifted norm). Everything else is the base model's. No hooks and no dso_trl are "
-             "needed: serve it like any Hugging Face model (vLLM, TGI, llama.cpp's GGUF converter, transformers).",
-             "", "## Use", "", "```python", f"from transformers import {auto_class}", "",
-             f"model = {auto_class}.from_pretrained(\"path/to/this/folder\")", "```", ""]
-    if steering_card:
-        body = steering_card.split("---", 2)[2] if steering_card.startswith("---") else steering_card
-        lines += ["## The steering that was folded in", ""]
-        lines += [("##" + line if line.startswith("#") else line) for line in body.strip().splitlines()] + [""]
     return "\n".join(lines)
 
 
@@ -210,10 +181,3 @@ def _figure(point: SweepPoint, name: str) -> str:
     if math.isfinite(value) and math.isfinite(low) and math.isfinite(high):
         return f"{points_text(value)} [{points_text(low)}, {points_text(high)}]"
     return points_text(value)
-
-
-def _is_hub_id(name: str) -> bool:
-    """`org/name` or `name` that is not a local folder: what the Hub accepts as `base_model`."""
-    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
-        return False
-    return name.count("/") <= 1 and all(part and " " not in part for part in name.split("/"))

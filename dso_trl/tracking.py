@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .evaluation.metrics import HEADLINE
-from .evaluation.sweep import CAPABILITY_COLUMNS, Sweep, SweepPoint
+from .evaluation.sweep_data import CAPABILITY_COLUMNS, Sweep, SweepPoint
 
 __all__ = ["WANDB_INSTALL_HINT", "base_and_steered", "log_sweep", "require_wandb", "sweep_summary"]
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import EXPECTED_SITES, make_model
 from dso_trl import Steering, SteeringConfig, SteeringError
-from dso_trl.steering.core import SCALE, SHIFT
+from dso_trl.steering.vectors import SCALE, SHIFT
 
 
 def randomize(steering: Steering, seed: int = 0, std: float = 0.3) -> None:

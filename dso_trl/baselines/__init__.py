@@ -18,15 +18,16 @@ every hook. `sweep_baseline` turns a strength grid into an entry of `Sweep(point
 
 from .activations import BaselineError, ContrastivePair, HeadLayout, contrastive_pairs, decoder_layers, head_layout
 from .caa import CAA, DEFAULT_MULTIPLIERS, CAAConfig, fit_caa
-from .common import Baseline, baseline_kl, load_baseline, sweep_baseline
+from .common import Baseline, baseline_kl, sweep_baseline
 from .iti import DEFAULT_ALPHAS, ITI, ITIConfig, default_top_k, fit_iti, fit_logistic_probes
-from .prompting import DEFAULT_INSTRUCTION, Prompting, PromptingConfig
-
 from .ln_tuning import LNTuning, ln_tuning_config, ln_tuning_trainer, train_ln_tuning
+from .prompting import DEFAULT_INSTRUCTION, Prompting, PromptingConfig
+from .registry import load_baseline, register_baseline
 
 __all__ = [
     "CAA", "DEFAULT_ALPHAS", "DEFAULT_INSTRUCTION", "DEFAULT_MULTIPLIERS", "ITI", "Baseline", "BaselineError",
     "CAAConfig", "ContrastivePair", "HeadLayout", "ITIConfig", "LNTuning", "Prompting", "PromptingConfig", "baseline_kl",
     "contrastive_pairs", "decoder_layers", "default_top_k", "fit_caa", "fit_iti", "fit_logistic_probes",
-    "head_layout", "ln_tuning_config", "ln_tuning_trainer", "load_baseline", "sweep_baseline", "train_ln_tuning",
+    "head_layout", "ln_tuning_config", "ln_tuning_trainer", "load_baseline", "register_baseline", "sweep_baseline",
+    "train_ln_tuning",
 ]

@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic, write_json_atomic
-from ..checksummed import read_checked_config, sha256_file
+from ..checksummed import sha256_file
 from ..evaluation import EvaluationConfig, evaluate
 from ..evaluation.estimators import Parser
 from ..scoring import batch_inputs, encode_prompts, tokenizer_of
-from .activations import BaselineError
+from ..version import __version__
 
 WEIGHTS_NAME = "baseline.safetensors"
 CONFIG_NAME = "baseline_config.json"
@@ -47,13 +46,6 @@ class Baseline(ABC):
     strength_name: ClassVar[str] = "strength"
     default_strengths: ClassVar[tuple[float, ...]]
     base_model: dict[str, Any] | None = None  # the model it was fitted on (name, architecture), saved for provenance
-    registry: ClassVar[dict[str, type[Baseline]]] = {}  # kind -> class: what `load_baseline` can rebuild
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Register every subclass with its own `kind`, so `load_baseline` reads baselines defined in any module."""
-        super().__init_subclass__(**kwargs)
-        if "kind" in cls.__dict__:
-            Baseline.registry[cls.kind] = cls
 
     def validate_strength(self, strength: float) -> float:
         """Any finite real number (negative pushes the other way); subclasses may restrict it."""
@@ -101,8 +93,6 @@ class Baseline(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write `baseline.safetensors` and `baseline_config.json` into folder `path`, each atomically (no pickle);
         the JSON records the tensors' SHA-256 so a damaged file is refused on load."""
-        from .. import __version__
-
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors, fields = self._state()
@@ -112,31 +102,6 @@ class Baseline(ABC):
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "dso_trl_version": __version__,
             "base_model": self.base_model, "fields": fields, "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
         })
-
-
-def load_baseline(path: str | os.PathLike) -> Baseline:
-    """The baseline saved by `Baseline.save` in folder `path`, rebuilt by the class registered for its recorded kind
-    (CAA, ITI, prompting, or any other `Baseline` subclass whose module has been imported)."""
-    from . import caa, iti, prompting  # noqa: F401  (registers their classes)
-
-    kinds = Baseline.registry
-    folder = Path(path)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    metadata = read_checked_config(folder, CONFIG_NAME, WEIGHTS_NAME, FORMAT, FORMAT_VERSION, BaselineError,
-                                   "baseline")
-    if metadata.get("kind") not in kinds:
-        raise BaselineError(f"{config_path}: unknown baseline kind {metadata.get('kind')!r}; known: {sorted(kinds)} "
-                            "(import the module that defines it first)")
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise BaselineError(f"cannot read {weights_path}: {error}") from error
-    try:
-        baseline = kinds[metadata["kind"]]._from_state(tensors, metadata["fields"])
-    except (KeyError, TypeError) as error:
-        raise BaselineError(f"{config_path} is malformed: {error!r}") from error
-    baseline.base_model = metadata.get("base_model")
-    return baseline
 
 
 # ---------------------------------------------------------------------------------------------------------- sweeping

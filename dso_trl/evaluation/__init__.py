@@ -7,7 +7,8 @@ from .capability import (CapabilityMetrics, CapabilitySuite, general_texts, mmlu
 from .divergence import compare_on_text, steering_kl
 from .estimators import EvaluationConfig, evaluate, exact_table, sampled_table
 from .metrics import BiasMetrics, OccupationMetrics, compute_metrics
-from .sweep import DEFAULT_STRENGTHS, Sweep, SweepPoint, load_sweep, pick_strength, run_sweep, write_sweep
+from .sweep import DEFAULT_STRENGTHS, load_sweep, pick_strength, run_sweep, write_sweep
+from .sweep_data import Sweep, SweepPoint
 from .table import ChoiceTable
 
 __all__ = [

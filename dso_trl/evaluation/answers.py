@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..rewards.common import non_answer
+from ..tasks import parse_choice
 from .estimators import Parser, sampled_table
 
 KINDS = ("all", "ambiguous", "unambiguous")
@@ -38,8 +39,6 @@ def answer_rates(model, processing_class: Any, rows: Sequence[Mapping[str, Any]]
     """Sample `num_samples` completions of `max_new_tokens` per row (seeded; the model's own distribution unless
     `generation_kwargs` says otherwise) and sort them; `parser` defaults to `dso_trl.tasks.parse_choice`."""
     if parser is None:
-        from ..tasks import parse_choice
-
         parser = parse_choice
     records: list[tuple[str, bool, str]] = []
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
-from .sweep import Sweep, SweepPoint
+from .sweep_data import Sweep, SweepPoint
 
 PLOTS = {"bias": "bias_vs_strength.png", "accuracy": "accuracy_vs_strength.png", "pareto": "pareto.png"}
 CAPABILITY_PLOT = {"capability": "bias_vs_text_kl.png"}

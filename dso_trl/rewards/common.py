@@ -7,8 +7,13 @@ don't-know phrase where the row offers none), or unparseable. The last two are *
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from typing import Any, Callable, Literal
+
+from ..dotted import import_object
+from ..tasks import parse_choice
+from ..tasks.parsing import says_dont_know
 
 Parser = Callable[[str, dict], "int | None"]
 Label = Literal["pro", "anti", "dont_know", "unparseable", "other"]
@@ -41,15 +46,11 @@ def require_columns(row: dict, names: tuple[str, ...], reward: str) -> None:
 
 
 def default_parser() -> Parser:
-    from ..tasks import parse_choice
-
     return parse_choice
 
 
 def non_answer(choice: int | None, text: str, row: dict) -> NonAnswer | None:
     """"dont_know" or "unparseable" when the parsed `choice` is not a real option of the row, None when it is."""
-    from ..tasks.parsing import says_dont_know
-
     if choice is None:
         return "dont_know" if says_dont_know(text) else "unparseable"
     return "dont_know" if choice == row.get("dont_know_option", -1) else None
@@ -83,10 +84,6 @@ def load_reward_funcs(paths: list[str]) -> list[Callable]:
     """Reward callables from dotted paths (`package.module.Name`, the current directory importable): a class is
     instantiated without arguments, a function is used as it is. Used by `dso-trl train` and the recipes
     (`--reward_funcs`)."""
-    import inspect
-
-    from ..dotted import import_object
-
     if not paths:
         raise ValueError("give at least one reward function, e.g. dso_trl.rewards.GenderParityReward")
     funcs = []

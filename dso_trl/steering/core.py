@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -16,12 +17,12 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .config import SteeringConfig
+from .export import export_folded
+from .fold import fold_into_weights, plan_fold
+from .serialization import load_steering, save_steering
 from .targets import Site, SteeringError, find_sites
 from .tracing import trace_readers
-
-SCALE = "dso_scale"
-SHIFT = "dso_shift"
-MASK_SUFFIX = ".mask"
+from .vectors import MASK_SUFFIX, SCALE, SHIFT, SiteVectors, full_numel, validate_strength
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,6 @@ class SparsifyReport:
     total: int
     threshold: float
     kept_per_site: dict[str, int]
-
-
-def validate_strength(strength: float) -> float:
-    """λ must be a real number in [0, 1]: 0 is the base model, 1 the strength the steering was trained at."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise ValueError(f"steering strength λ must be a finite number in [0, 1], got {strength!r}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"steering strength λ must be in [0, 1], got {strength}")
-    return float(strength)
 
 
 class Steering:
@@ -65,7 +57,7 @@ class Steering:
         self._enabled = True
         self._masks: dict[str, torch.Tensor] = {}
         self._cache: dict[int, tuple] = {}
-        _LIVE_STEERINGS.add(self)
+        _track_for_cache_clearing(self)
         self._modules = {site.name: model.get_submodule(site.name) for site in sites}
         for name, module in self._modules.items():
             if SCALE in module._parameters or SHIFT in module._parameters:
@@ -101,8 +93,6 @@ class Steering:
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | os.PathLike) -> Steering:
         """Attach the steering saved in folder `path` (by `save_pretrained`) to `model`, checking that it fits."""
-        from .serialization import load_steering
-
         return load_steering(cls, model, path)
 
     # ------------------------------------------------------------------ the intervention
@@ -170,6 +160,13 @@ class Steering:
             for kind in (SCALE, SHIFT):
                 if kind in module._parameters:
                     yield f"{name}.{kind}", module._parameters[kind]
+
+    def site_vectors(self) -> list[SiteVectors]:
+        """Each site with its module and vectors, in site order: what folding and saving read."""
+        self._check_attached()
+        modules = [self._modules[site.name] for site in self.sites]
+        return [SiteVectors(site, module, module._parameters.get(SCALE), module._parameters.get(SHIFT))
+                for site, module in zip(self.sites, modules)]
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return (param for _, param in self.named_parameters())
@@ -269,8 +266,6 @@ class Steering:
         biases (folded into those biases). Other shifts cannot be folded exactly: with `strict=True` this raises before
         changing anything; otherwise they are dropped and a warning names them (see `unfoldable_sites`).
         """
-        from .fold import fold_into_weights
-
         self._check_attached()
         unfolded = fold_into_weights(self, strict=strict)
         if unfolded:
@@ -283,16 +278,12 @@ class Steering:
 
     def unfoldable_sites(self) -> list[str]:
         """Sites whose current (non-zero) shift `fold()` cannot fold exactly into the weights."""
-        from .fold import plan_fold
-
         self._check_attached()
         return plan_fold(self).unfolded
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write `steering.safetensors` and `steering_config.json` into folder `path`, each file atomically."""
-        from .serialization import save_steering
-
         self._check_attached()
         save_steering(self, path)
 
@@ -304,8 +295,6 @@ class Steering:
         `AutoModelForCausalLM` / `AutoModelForImageTextToText`, no dso_trl needed. A steering that does not fold
         completely (`unfoldable_sites`) is refused before anything is written; the folder appears whole or not at
         all; this model and steering are left unchanged. Returns the folder's path."""
-        from .export import export_folded
-
         self._check_attached()
         return export_folded(self, path, strength, processing_class=processing_class, model_card=model_card,
                              overwrite=overwrite)
@@ -313,9 +302,7 @@ class Steering:
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload DSO steering") -> str:
         """Save the steering to a temporary folder and upload it to the Hub repo `repo_id`; returns the commit URL."""
-        import tempfile
-
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # only when uploading: the steering itself needs no Hub client
 
         self._check_attached()
         api = HfApi(token=token)
@@ -350,18 +337,20 @@ def _device_of(module: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def full_numel(param: torch.Tensor) -> int:
-    """A parameter's full size, also under DeepSpeed ZeRO-3 (whose partitioned parameters report 0 in `numel()`)."""
-    return int(getattr(param, "ds_numel", param.numel()))
-
-
 _LIVE_STEERINGS: weakref.WeakSet[Steering] = weakref.WeakSet()
+_cache_hook: torch.utils.hooks.RemovableHandle | None = None
+
+
+def _track_for_cache_clearing(steering: Steering) -> None:
+    """Register `_clear_coefficient_caches` as a global optimizer hook when the first steering is built (not when
+    this module is imported: importing dso_trl changes nothing process-wide), and track `steering` for it."""
+    global _cache_hook
+    if _cache_hook is None:
+        _cache_hook = register_optimizer_step_post_hook(_clear_coefficient_caches)
+    _LIVE_STEERINGS.add(steering)
 
 
 def _clear_coefficient_caches(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     """After any optimizer step, drop every steering's cached inference coefficients (see `_coefficients`)."""
     for steering in list(_LIVE_STEERINGS):
         steering._cache.clear()
-
-
-register_optimizer_step_post_hook(_clear_coefficient_caches)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_atomic
-from .core import SCALE, SHIFT, validate_strength
+from ..export_card import MODEL_CARD_NAME, render_export_card
 from .fold import folded_tensors, plan_fold, unfoldable_message
+from .serialization import base_model_info
 from .targets import SteeringError
+from .vectors import SCALE, SHIFT, validate_strength
 
 if TYPE_CHECKING:
     from .core import Steering
@@ -27,9 +29,6 @@ if TYPE_CHECKING:
 def export_folded(steering: Steering, path: str | os.PathLike, strength: float | None = None, *,
                   processing_class: Any = None, model_card: str | None = None, overwrite: bool = False) -> Path:
     """Write the model with `steering` folded in at `strength` (default: its current λ) to folder `path`."""
-    from ..model_card import MODEL_CARD_NAME, render_export_card
-    from .serialization import base_model_info
-
     lam = validate_strength(steering.strength if strength is None else strength)
     target = Path(path)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .core import SCALE, SHIFT
 from .targets import SteeringError, weight_offset
 from .tracing import trace_readers
+from .vectors import SiteVectors
 
 if TYPE_CHECKING:
     from .core import Steering
@@ -36,14 +36,14 @@ def plan_fold(steering: Steering) -> FoldPlan:
     if steering.strength == 0.0:
         return plan
     needs_readers = []
-    for name, module in steering._modules.items():
-        shift = module._parameters.get(SHIFT)
-        if shift is None or not torch.any(shift.detach() != 0):
+    vectors = steering.site_vectors()
+    for site in vectors:
+        if site.shift is None or not torch.any(site.shift.detach() != 0):
             continue
-        if getattr(module, "bias", None) is not None:
-            plan.into_own_bias.append(name)
+        if getattr(site.module, "bias", None) is not None:
+            plan.into_own_bias.append(site.name)
         else:
-            needs_readers.append(name)
+            needs_readers.append(site.name)
     if needs_readers:
         modules = dict(steering.model.named_modules())
         with steering.disabled():
@@ -54,10 +54,9 @@ def plan_fold(steering: Steering) -> FoldPlan:
                 plan.unfolded.append(name)
             else:
                 plan.into_linears[name] = targets
-    for name, module in steering._modules.items():  # a scale needs a weight to fold into
-        scale = module._parameters.get(SCALE)
-        if scale is not None and torch.any(scale.detach() != 0) and getattr(module, "weight", None) is None:
-            raise SteeringError(f"cannot fold the scale of {name!r}: {type(module).__name__} has no weight")
+    for site in vectors:  # a scale needs a weight to fold into
+        if site.scale is not None and torch.any(site.scale.detach() != 0) and getattr(site.module, "weight", None) is None:
+            raise SteeringError(f"cannot fold the scale of {site.name!r}: {type(site.module).__name__} has no weight")
     return plan
 
 
@@ -90,14 +89,14 @@ def folded_tensors(steering: Steering, plan: FoldPlan) -> dict[str, torch.Tensor
     modules = dict(steering.model.named_modules())
     tensors: dict[str, torch.Tensor] = {}
     with steering.disabled():  # the weight-offset probe must see the bare norm
-        for name, module in steering._modules.items():
-            tensors.update(_site_tensors(name, module, lam, plan, modules))
+        for site in steering.site_vectors():
+            tensors.update(_site_tensors(site, lam, plan, modules))
     return tensors
 
 
-def _site_tensors(name: str, module, lam: float, plan: FoldPlan, modules: dict) -> dict[str, torch.Tensor]:
+def _site_tensors(site: SiteVectors, lam: float, plan: FoldPlan, modules: dict) -> dict[str, torch.Tensor]:
     """One site's folded parameters, computed in float64 and cast back once."""
-    scale, shift = module._parameters.get(SCALE), module._parameters.get(SHIFT)
+    name, module, scale, shift = site.name, site.module, site.scale, site.shift
     factor = 1 + lam * scale.detach().double() if scale is not None else None
     bias = getattr(module, "bias", None)
     tensors = {}

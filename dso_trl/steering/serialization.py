@@ -17,9 +17,10 @@ from torch import nn
 
 from ..checksummed import read_checked_config, sha256_file
 from ..atomic import write_atomic, write_json_atomic
+from ..version import __version__
 from .config import SteeringConfig
-from .core import SCALE, SHIFT, validate_strength
 from .targets import Site, SteeringError, is_norm, norm_size
+from .vectors import validate_strength
 
 if TYPE_CHECKING:
     from .core import Steering
@@ -42,13 +43,10 @@ def base_model_info(model: nn.Module) -> dict:
 
 
 def save_steering(steering: Steering, path: str | os.PathLike) -> None:
-    from .. import __version__
-
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.contiguous().cpu() for name, tensor in steering.state_dict().items()}
     write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    modules = steering._modules
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -58,13 +56,13 @@ def save_steering(steering: Steering, path: str | os.PathLike) -> None:
         "config": steering.config.to_dict(),
         "sites": [
             {
-                "module": site.name,
-                "size": site.size,
-                "norm_type": site.norm_type,
-                "scale": SCALE in modules[site.name]._parameters,
-                "shift": SHIFT in modules[site.name]._parameters,
+                "module": vectors.site.name,
+                "size": vectors.site.size,
+                "norm_type": vectors.site.norm_type,
+                "scale": vectors.scale is not None,
+                "shift": vectors.shift is not None,
             }
-            for site in steering.sites
+            for vectors in steering.site_vectors()
         ],
         "num_parameters": steering.num_parameters(),
         "nonzero": steering.nonzero(),

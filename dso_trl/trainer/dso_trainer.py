@@ -15,6 +15,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import create_model_from_path
 
 from ..atomic import write_json_atomic
+from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
 from ..model_card import write_model_card
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, row_option_probabilities,
                        tokenizer_of)
@@ -141,8 +142,6 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
 
     # ------------------------------------------------------------------ capability outside the task
     def _text_kl_passages(self) -> list[list[int]]:
-        from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
-
         path = self.args.text_kl_texts
         texts: list = read_texts(path) if path else general_texts("train")
         if self.args.text_kl_chat and getattr(tokenizer_of(self.processing_class), "chat_template", None):
