@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..schema import SchemaError, anti_option, option_index, require_columns
 from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, inference, row_images, tokenizer_of
 from ..steering.targets import VISION_PATTERN
 
@@ -25,6 +26,10 @@ PROJECTION_NAMES = ("o_proj", "out_proj", "c_proj", "dense")
 
 class BaselineError(ValueError):
     """A baseline cannot be fitted, applied or loaded as asked; the message names the row, layer or file at fault."""
+
+
+class BaselineSchemaError(BaselineError, SchemaError):
+    """A row the baselines cannot fit on: the schema's one error, still caught by `except BaselineError`."""
 
 
 @dataclass(frozen=True)
@@ -44,22 +49,15 @@ def contrastive_pairs(rows: Sequence[Mapping[str, Any]]) -> list[ContrastivePair
     rows = list(rows)
     pairs = []
     for index, row in enumerate(rows):
-        missing = [k for k in ("prompt", "ambiguous", "options", "option_completions", "stereotype_option",
-                               "dont_know_option") if k not in row]
-        if missing:
-            raise BaselineError(f"row {index} lacks the schema column(s) {missing} (see docs/SCHEMA.md)")
+        require_columns([row], "contrastive pairs (CAA, ITI)", first_index=index, error=BaselineSchemaError)
         stereotype = int(row["stereotype_option"])
         if not row["ambiguous"] or stereotype < 0:
             continue
         completions = list(row["option_completions"])
-        if stereotype >= len(completions):
-            raise BaselineError(f"row {index}: stereotype_option={stereotype} but the row has {len(completions)} "
-                                "option completions")
-        others = [k for k in range(len(completions)) if k not in (stereotype, int(row["dont_know_option"]))]
-        if len(others) != 1:
-            raise BaselineError(f"row {index}: a contrastive pair needs exactly one anti-stereotypical option besides "
-                                f"the stereotypical and don't-know ones, found {len(others)}")
-        pairs.append(ContrastivePair(index, row["prompt"], row.get("image"), completions[others[0]],
+        option_index(index, "stereotype_option", stereotype, len(completions), error=BaselineSchemaError)
+        anti = anti_option(index, len(completions), stereotype, int(row["dont_know_option"]), "a contrastive pair",
+                           error=BaselineSchemaError)
+        pairs.append(ContrastivePair(index, row["prompt"], row.get("image"), completions[anti],
                                      completions[stereotype]))
     if not pairs:
         raise BaselineError(f"none of the {len(rows)} rows given is an ambiguous row with a stereotypical option: "

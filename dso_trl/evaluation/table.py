@@ -11,10 +11,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from ..schema import OPTION_INDICES, SchemaError, anti_option, option_index, require_columns
+
 Estimator = Literal["exact", "sampled"]
 ESTIMATORS = ("exact", "sampled")
-REQUIRED_COLUMNS = ("prompt", "occupation", "ambiguous", "options", "option_completions", "answer_option",
-                    "stereotype_option", "dont_know_option")
 
 
 @dataclass
@@ -81,19 +81,13 @@ class ChoiceTable:
     def _anti(self, i: int) -> int:
         n, stereotype = int(self.num_options[i]), int(self.stereotype_option[i])
         dont_know = int(self.dont_know_option[i])
-        for name, index in (("answer_option", self.answer_option[i]), ("stereotype_option", stereotype),
-                            ("dont_know_option", dont_know)):
-            if not -1 <= index < n:
-                raise ValueError(f"row {i}: {name}={index} is not an option index (the row has {n} options)")
+        for column, index in zip(OPTION_INDICES, (self.answer_option[i], stereotype, dont_know)):
+            option_index(i, column, int(index), n)
         if not self.ambiguous[i] and self.answer_option[i] < 0:
-            raise ValueError(f"row {i} is unambiguous but has no answer_option")
+            raise SchemaError(f"row {i} is unambiguous but has no answer_option", row=i, column="answer_option")
         if not (self.ambiguous[i] and stereotype >= 0):
             return -1
-        others = [k for k in range(n) if k not in (stereotype, dont_know)]
-        if len(others) != 1:
-            raise ValueError(f"row {i}: an ambiguous row needs exactly one anti-stereotypical option besides the "
-                             f"stereotypical and don't-know ones, found {len(others)}")
-        return others[0]
+        return anti_option(i, n, stereotype, dont_know)
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -101,7 +95,5 @@ def check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     rows = list(rows)
     if not rows:
         raise ValueError("no rows to evaluate")
-    missing = [name for name in REQUIRED_COLUMNS if name not in rows[0]]
-    if missing:
-        raise ValueError(f"rows lack the schema column(s) {missing} (see docs/SCHEMA.md)")
+    require_columns(rows, "evaluation")
     return rows

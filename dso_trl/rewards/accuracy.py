@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .common import (NON_ANSWER_REWARD, Parser, completion_text, default_parser, log_rates, non_answer, require_columns,
+from ..schema import SchemaError, require_columns
+from .common import (NON_ANSWER_REWARD, Parser, completion_text, default_parser, log_rates, non_answer,
                      rows_from_columns)
-
-COLUMNS = ("ambiguous", "options", "answer_option")
 
 
 class UnambiguousAccuracyReward:
@@ -31,14 +30,15 @@ class UnambiguousAccuracyReward:
         weights = [float(w) for w in completion_weights] if completion_weights is not None else [1.0] * len(rows)
         rewards: list[float | None] = []
         labels: list[str | None] = []
-        for completion, row in zip(completions, rows):
-            require_columns(row, COLUMNS, "UnambiguousAccuracyReward")
+        require_columns(rows, "UnambiguousAccuracyReward")
+        for index, (completion, row) in enumerate(zip(completions, rows)):
             if row["ambiguous"]:
                 rewards.append(None)
                 labels.append(None)
                 continue
             if row["answer_option"] < 0:
-                raise ValueError(f"unambiguous row without a gold answer (answer_option={row['answer_option']}): {row}")
+                raise SchemaError(f"row {index}: unambiguous row without a gold answer (answer_option="
+                                  f"{row['answer_option']}): {row}", row=index, column="answer_option")
             text = completion_text(completion)
             choice = self.parser(text, row)
             kind = non_answer(choice, text, row)

@@ -39,12 +39,6 @@ def rows_from_columns(count: int, columns: dict[str, Any]) -> list[dict]:
     return [{k: v[i] for k, v in lists.items()} for i in range(count)]
 
 
-def require_columns(row: dict, names: tuple[str, ...], reward: str) -> None:
-    missing = [name for name in names if name not in row]
-    if missing:
-        raise KeyError(f"{reward} needs the dataset columns {missing} (see docs/SCHEMA.md); the rows have {sorted(row)}")
-
-
 def default_parser() -> Parser:
     return parse_choice
 

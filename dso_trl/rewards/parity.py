@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..schema import require_columns
 from .common import (NON_ANSWER_REWARD, Parser, answer_label, completion_text, default_parser, log_rates,
-                     require_columns, rows_from_columns)
-
-COLUMNS = ("ambiguous", "occupation", "options", "stereotype_option")
+                     rows_from_columns)
 
 
 class GenderParityReward:
-    """DSO's per-sample fairness reward, a TRL reward callable `(prompts, completions, **columns) -> list[float | None]`.
+    """DSO's per-sample fairness reward, a TRL reward callable
+    `(prompts, completions, **columns) -> list[float | None]`.
 
     On an ambiguous row about occupation o, the answer's label is `pro` (it picks the stereotype-consistent option) or
     `anti`. With S*(o) the label the policy currently produces most often for o, the reward is −1 when the label is
@@ -65,8 +65,8 @@ class GenderParityReward:
         sampled = completion_weights is None
         weights = [1.0] * len(rows) if sampled else [float(w) for w in completion_weights]
         labels: list[str | None] = []
+        require_columns(rows, "GenderParityReward")
         for completion, row in zip(completions, rows):
-            require_columns(row, COLUMNS, "GenderParityReward")
             labels.append(answer_label(self.parser, completion_text(completion), row) if row["ambiguous"] else None)
 
         batch: dict[str, Counter] = {}

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
+from ..schema import OPTION_INDICES, SchemaError, option_index
+
 logger = logging.getLogger(__name__)
 
 DONT_KNOW = "don't know"
@@ -64,17 +66,19 @@ def log_skipped(what: str, skipped: list[str]) -> None:
 def make_row(*, prompt: str | list[dict[str, Any]], task: str, occupation: str, occupations: list[str], gender: str,
              ambiguous: bool, options: list[str], option_completions: list[str], answer_option: int = -1,
              stereotype_option: int = -1, dont_know_option: int = -1, source: str, image: Any = None) -> dict[str, Any]:
-    """One row; the checks catch a task bug here rather than as a silently wrong reward later."""
+    """One row; the checks catch a task bug here (a `SchemaError` naming `source` and the column) rather than as a
+    silently wrong reward later."""
     n = len(options)
     if len(option_completions) != n or n < 2:
-        raise AssertionError(f"{source}: {n} options but {len(option_completions)} completions")
+        raise SchemaError(f"row {source}: {n} options but {len(option_completions)} completions", row=source,
+                          column="option_completions")
     if gender not in (*GENDERS, ""):
-        raise AssertionError(f"{source}: gender {gender!r}")
-    for index in (answer_option, stereotype_option, dont_know_option):
-        if not -1 <= index < n:
-            raise AssertionError(f"{source}: option index {index} out of range for {options}")
+        raise SchemaError(f"row {source}: gender {gender!r}", row=source, column="gender")
+    for column, index in zip(OPTION_INDICES, (answer_option, stereotype_option, dont_know_option)):
+        option_index(source, column, index, n)
     if ambiguous != (answer_option == -1):
-        raise AssertionError(f"{source}: ambiguous={ambiguous} but answer_option={answer_option}")
+        raise SchemaError(f"row {source}: ambiguous={ambiguous} but answer_option={answer_option}", row=source,
+                          column="ambiguous")
     row = dict(prompt=prompt, task=task, occupation=occupation, occupations=list(occupations), gender=gender,
                ambiguous=ambiguous, options=list(options), option_completions=list(option_completions),
                answer_option=answer_option, stereotype_option=stereotype_option, dont_know_option=dont_know_option,

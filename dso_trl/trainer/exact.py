@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from trl.data_utils import is_conversational
 
+from ..schema import require_columns
 from ..scoring import row_option_probabilities
 
 NOT_COLUMNS = ("prompt", "completion", "completion_ids")
@@ -48,13 +49,6 @@ class ExactTerms:
             scale = torch.ones_like(variance)
         centred = (self.probabilities * (self.rewards - mean)).sum(-1)
         return torch.where(scale > 1e-6, centred / scale.clamp_min(1e-6), torch.zeros_like(centred))
-
-
-def check_rows(rows: Sequence[dict]) -> None:
-    for index, row in enumerate(rows):
-        if "option_completions" not in row:
-            raise KeyError(f"estimator='exact' needs an `option_completions` column (see docs/SCHEMA.md); row {index} "
-                           f"has {sorted(row)}")
 
 
 def option_rewards(reward_funcs: Sequence[Callable], reward_weights: torch.Tensor, rows: Sequence[dict],
@@ -92,7 +86,7 @@ def option_rewards(reward_funcs: Sequence[Callable], reward_weights: torch.Tenso
 
 def exact_terms(model, processing_class, rows: Sequence[dict], reward_funcs, reward_weights,
                 extra_kwargs: dict[str, Any]) -> ExactTerms:
-    check_rows(rows)
+    require_columns(rows, "estimator='exact'")
     probabilities = row_option_probabilities(model, processing_class, rows)
     rewards, per_function = option_rewards(reward_funcs, reward_weights, rows, probabilities.detach(), extra_kwargs)
     return ExactTerms(probabilities, rewards, per_function)
