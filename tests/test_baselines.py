@@ -200,7 +200,7 @@ def test_iti_shifts_only_the_top_k_heads_slices(family, tokenizer):
     assert len(iti.selected_heads) == 2 and len(iti.with_top_k(3).selected_heads) == 3
     accuracy = iti.validation_accuracy
     chosen = {tuple(h) for h in iti.selected_heads}
-    assert min(accuracy[h] for h in chosen) >= max(accuracy[h] for h in {(l, h) for l in range(2)
+    assert min(accuracy[h] for h in chosen) >= max(accuracy[h] for h in {(layer, h) for layer in range(2)
                                                                          for h in range(iti.num_heads)} - chosen)
     modules = dict(model.named_modules())
     before, after = {}, {}
@@ -352,3 +352,21 @@ def test_load_refuses_damaged_or_foreign_folders(tokenizer, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "kind": "magic"}))
     with pytest.raises(BaselineError, match="unknown baseline kind 'magic'"):
         load_baseline(tmp_path / "other")
+
+
+def test_baseline_kinds_are_registered_explicitly(tmp_path, monkeypatch):
+    from dso_trl.baselines import register_baseline
+    from dso_trl.baselines.registry import KINDS
+
+    assert set(KINDS) == {"caa", "iti", "ln_tuning", "prompting"}
+
+    class Magic(Prompting):  # defining a subclass registers nothing
+        kind = "magic"
+
+    Magic(PromptingConfig()).save(tmp_path / "magic")
+    with pytest.raises(BaselineError, match="unknown baseline kind 'magic'.*register_baseline"):
+        load_baseline(tmp_path / "magic")
+    monkeypatch.setitem(KINDS, "magic", Magic)  # what register_baseline(Magic) does, undone after the test
+    assert type(load_baseline(tmp_path / "magic")) is Magic
+    with pytest.raises(TypeError, match="a Baseline subclass with its own `kind`"):
+        register_baseline(type("Plain", (), {"kind": "plain"}))

@@ -36,7 +36,7 @@ def import_graph() -> dict[str, set[str]]:
         skip = _type_checking_lines(tree)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(tree):
-            if node.lineno in skip if hasattr(node, "lineno") else False:
+            if getattr(node, "lineno", None) in skip:
                 continue
             targets = []
             if isinstance(node, ast.Import):
