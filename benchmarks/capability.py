@@ -1,4 +1,5 @@
-"""Bias down, capability kept? The demo's recipe on SmolLM2 with and without the text-KL term, measured outside the task.
+"""Bias down, capability kept? The demo's recipe on SmolLM2 with and without the text-KL term, measured outside the
+task.
 
 For each β_text (`DSOConfig.text_kl_coef`) a fresh process runs `dso-trl demo` with that β_text and every other
 option at its default (SmolLM2-135M-Instruct, held-out pronoun rows, the λ sweep with the capability suite: KL and
@@ -105,8 +106,8 @@ def main() -> None:
                                                  f"×{p['perplexity_ratio']:.3f} MMLU {p['mmlu_agreement']:.0f}%"
                                                  for p in run["sweep"]), flush=True)
     result = {"model": "SmolLM2-135M-Instruct", "task": "pronoun (held-out templates and names)",
-              "targets_at_strength_1": TARGETS, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "runs": runs}
+              "targets_at_strength_1": TARGETS,
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "runs": runs}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     plot(runs, Path(args.plot))

@@ -4,8 +4,9 @@ completely into the weights (`--steering_shift_sites foldable`), on SmolLM2-135M
 Each variant is a fresh Python process that runs the demo's recipe (`dso_trl.demo.train_demo`, default
 `DemoArguments` but for the shift sites), then measures on the held-out test split of the pronoun task (400 ambiguous
 and 400 unambiguous rows, exact estimator) over the demo's λ grid: Per-Occupation Bias, unambiguous accuracy and what
-changed outside the task (`CapabilitySuite`: text KL and perplexity ratio on held-out prose, MMLU answers). On Llama-family models (SmolLM2) no RMSNorm shift folds (the
-Linear layers that read the norms have no biases), so `foldable` is the scale-only steering; the script checks it.
+changed outside the task (`CapabilitySuite`: text KL and perplexity ratio on held-out prose, MMLU answers). On
+Llama-family models (SmolLM2) no RMSNorm shift folds (the Linear layers that read the norms have no biases), so
+`foldable` is the scale-only steering; the script checks it.
 Training is seeded and deterministic, so each variant runs once. The steerings are kept in `--work_dir` for
 `benchmarks/export_fidelity.py`.
 

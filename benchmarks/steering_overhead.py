@@ -98,7 +98,8 @@ def main() -> None:
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(device),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "model": "SmolLM2-135M-Instruct" + (" (random weights)" if args.config else ""), "dtype": args.dtype, "rounds": args.rounds, "results": results,
+        "model": "SmolLM2-135M-Instruct" + (" (random weights)" if args.config else ""), "dtype": args.dtype,
+        "rounds": args.rounds, "results": results,
     }
     write_json_atomic(Path(args.output), report)
     print(f"wrote {args.output}")

@@ -54,7 +54,8 @@ Peak RSS: each method runs in a fresh child process (`python benchmarks/training
 `getrusage(RUSAGE_SELF).ru_maxrss` at its end, so methods do not contaminate each other (`--in_process` skips the
 children: quicker, but RSS is then the process's running peak and flagged `peak_rss_isolated: false`).
 
-    python benchmarks/training.py                        # SmolLM2 (offline), all four methods -> benchmarks/results/training.json
+    python benchmarks/training.py                        # SmolLM2 (offline), all four methods
+                                                         #   -> benchmarks/results/training.json
     python benchmarks/training.py --smoke                # tiny random Llama, ~1 min: checks the pipeline end to end
     python benchmarks/training.py --methods exact --max_steps 3
     python benchmarks/training.py --model /path/to/local/hf_model
@@ -274,7 +275,8 @@ def smoke_model_and_tokenizer(task, seed: int = 0):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     texts = [(row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"])
-             + " " + " ".join(row["option_completions"]) + " user assistant :" for split in task.values() for row in split]
+             + " " + " ".join(row["option_completions"]) + " user assistant :"
+             for split in task.values() for row in split]
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))

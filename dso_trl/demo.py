@@ -211,7 +211,8 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
                        "rows": {name: len(rows) for name, rows in test_rows.items()},
                        "capability": {"texts": f"{len(capability.texts)} held-out passages of Python's documentation "
                                       f"(pydoc_data.topics), {capability.max_length} tokens each at most",
-                                      "questions": f"{len(capability.questions)} MMLU questions, zero-shot, by letter"}},
+                                      "questions": f"{len(capability.questions)} MMLU questions, zero-shot, "
+                                                   "by letter"}},
         "arguments": asdict(args),
     }
     write_json_atomic(output_dir / METRICS_JSON, metrics)

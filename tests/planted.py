@@ -28,7 +28,8 @@ def tokenizer() -> tf.PreTrainedTokenizerFast:
     words |= set(MALE_JOBS + FEMALE_JOBS + MALE_NAMES + FEMALE_NAMES) | {"he", "she", "is", "a", "."}
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator([" ".join(sorted(words))], trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
+    raw.train_from_iterator([" ".join(sorted(words))], trainer)
     return tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                       unk_token="<unk>")
 

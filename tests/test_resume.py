@@ -124,7 +124,8 @@ def test_a_killed_two_process_run_resumes_exactly(model_dir, tmp_path, estimator
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     port = 29521 if estimator == "exact" else 29523
     killed = launch_two_processes(train_argv(model_dir, tmp_path / "run", estimator), port,
-                                  {**env, "DSO_TEST_KILL_AT_STEP": "4", "DSO_TEST_STEP_LOG": str(tmp_path / "killed.log")})
+                                  {**env, "DSO_TEST_KILL_AT_STEP": "4",
+                                   "DSO_TEST_STEP_LOG": str(tmp_path / "killed.log")})
     assert killed.returncode != 0, killed.stderr[-3000:]
     assert sorted(set(steps_scored(tmp_path / "killed.log"))) == [0, 1, 2, 3, 4]
     assert [p.name for p in sorted((tmp_path / "run").glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]

@@ -73,7 +73,8 @@ def test_model_without_norms_is_refused():
         Steering.attach(model)
 
 
-@pytest.mark.parametrize("kwargs", [dict(shift_sites="some"), dict(dtype="int8"), dict(use_scale=False, use_shift=False)])
+@pytest.mark.parametrize("kwargs", [dict(shift_sites="some"), dict(dtype="int8"),
+                                    dict(use_scale=False, use_shift=False)])
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         SteeringConfig(**kwargs)

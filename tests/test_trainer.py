@@ -25,7 +25,8 @@ def pronoun_rows(n_repeat: int = 4) -> Dataset:
         common = dict(task="pronoun", occupation=occupation, options=["he", "she"], option_completions=[" he", " she"],
                       stereotype_option=stereotype, dont_know_option=-1)
         rows.append(dict(prompt=f"The {occupation} said that", ambiguous=True, answer_option=-1, **common))
-        rows.append(dict(prompt=f"The {occupation} said that she said that", ambiguous=False, answer_option=1, **common))
+        rows.append(dict(prompt=f"The {occupation} said that she said that", ambiguous=False, answer_option=1,
+                         **common))
     return Dataset.from_list(rows * n_repeat)
 
 

@@ -1,4 +1,5 @@
-"""Reading what an offline W&B run wrote (wandb ships no reader for its `.wandb` files): its summary and history keys."""
+"""Reading what an offline W&B run wrote (wandb ships no reader for its `.wandb` files): its summary and history
+keys."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ every hook. `sweep_baseline` turns a strength grid into an entry of `Sweep(point
 | Contrastive Activation Addition (Rimsky et al. 2024) | `caa`: `fit_caa` -> `CAA` | multiplier of the vector |
 | Inference-Time Intervention (Li et al. 2023) | `iti`: `fit_iti` -> `ITI` | α (and K heads, `with_top_k`) |
 | A debiasing instruction | `prompting`: `Prompting` | none (one point) |
-| LN-tuning (PEFT, trained with the same GRPO rewards) | `ln_tuning`: `train_ln_tuning` -> `LNTuning` | interpolation base → tuned norm weights |
+| LN-tuning (PEFT, trained with the same GRPO rewards) | `ln_tuning`: `train_ln_tuning` -> `LNTuning` | base → tuned |
 
 >>> caa = fit_caa(model, tokenizer, task["train"])
 >>> sweep = run_sweep(steering, tokenizer, task["test"],
@@ -26,8 +26,8 @@ from .registry import load_baseline, register_baseline
 
 __all__ = [
     "CAA", "DEFAULT_ALPHAS", "DEFAULT_INSTRUCTION", "DEFAULT_MULTIPLIERS", "ITI", "Baseline", "BaselineError",
-    "CAAConfig", "ContrastivePair", "HeadLayout", "ITIConfig", "LNTuning", "Prompting", "PromptingConfig", "baseline_kl",
-    "contrastive_pairs", "decoder_layers", "default_top_k", "fit_caa", "fit_iti", "fit_logistic_probes",
+    "CAAConfig", "ContrastivePair", "HeadLayout", "ITIConfig", "LNTuning", "Prompting", "PromptingConfig",
+    "baseline_kl", "contrastive_pairs", "decoder_layers", "default_top_k", "fit_caa", "fit_iti", "fit_logistic_probes",
     "head_layout", "ln_tuning_config", "ln_tuning_trainer", "load_baseline", "register_baseline", "sweep_baseline",
     "train_ln_tuning",
 ]

@@ -55,7 +55,8 @@ def plan_fold(steering: Steering) -> FoldPlan:
             else:
                 plan.into_linears[name] = targets
     for site in vectors:  # a scale needs a weight to fold into
-        if site.scale is not None and torch.any(site.scale.detach() != 0) and getattr(site.module, "weight", None) is None:
+        has_scale = site.scale is not None and torch.any(site.scale.detach() != 0)
+        if has_scale and getattr(site.module, "weight", None) is None:
             raise SteeringError(f"cannot fold the scale of {site.name!r}: {type(site.module).__name__} has no weight")
     return plan
 

@@ -46,7 +46,8 @@ class _ReaderMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        read = {self.outputs[id(a)] for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and id(a) in self.outputs}
+        read = {self.outputs[id(a)] for a in tree_flatten((args, kwargs))[0]
+                if isinstance(a, torch.Tensor) and id(a) in self.outputs}
         if read and isinstance(result, torch.Tensor) and not any(result is a for a in args):
             for site in read:
                 if func is F.linear and id(args[0]) in self.outputs and self.outputs[id(args[0])] == site:

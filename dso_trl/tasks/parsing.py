@@ -78,7 +78,8 @@ def _pronoun(completion: str, options: list[str], plain: bool) -> int | None:
         return None
     if not plain:
         both = _BOTH.match(completion, match.end())
-        if (both and pronoun_gender(both.group(2)) != pronoun_gender(word)) or completion[:match.start()].endswith("s/"):
+        offered_both = both and pronoun_gender(both.group(2)) != pronoun_gender(word)
+        if offered_both or completion[:match.start()].endswith("s/"):
             return None  # "he or she", "his/her", "s/he": both offered, no answer
     return [pronoun_gender(option) for option in options].index(pronoun_gender(word))
 

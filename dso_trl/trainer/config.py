@@ -52,7 +52,8 @@ class DSOConfig(GRPOConfig):
     )
     steering_dtype: str = field(
         default="float32",
-        metadata={"help": "dtype of the steering parameters, whatever the model dtype.", "choices": ["float32", "float64"]},
+        metadata={"help": "dtype of the steering parameters, whatever the model dtype.",
+                  "choices": ["float32", "float64"]},
     )
     train_strength: float = field(
         default=1.0,

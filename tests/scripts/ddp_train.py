@@ -1,5 +1,5 @@
-"""Run by tests/test_distributed.py under `accelerate launch`: a few DSOTrainer steps (with the text-KL term, whose second
-forward pass per step must not upset DDP), then each rank saves its steering."""
+"""Run by tests/test_distributed.py under `accelerate launch`: a few DSOTrainer steps (with the text-KL term, whose
+second forward pass per step must not upset DDP), then each rank saves its steering."""
 
 import sys
 from pathlib import Path
