@@ -18,7 +18,7 @@ import os
 import platform
 import time
 
-FORMATS = ("text", "chat", "question")
+FORMATS = ("text", "chat", "question", "answer")
 DEFAULT_OUTPUT = "benchmarks/results/parse_rate.json"
 
 

@@ -48,7 +48,8 @@ completions; only the trained parameters differ).
 Answers: for the base model and at each method's end, --answer_samples sampled completions (temperature 1, the
 training completion length) of the first --answer_rows test rows are sorted into parsed / "don't know" /
 unparseable (`dso_trl.evaluation.answers`): a sampled policy that learned to stop answering (reward hacking, issue
-#14) shows there, not in the exact-estimator POB. `--prompt_format question` asks for the pronoun in a user turn.
+#14) shows there, not in the exact-estimator POB. `--prompt_format question` asks for the pronoun in a user turn;
+`answer` also begins the assistant's answer (the next word is the pronoun).
 
 Peak RSS: each method runs in a fresh child process (`python benchmarks/training.py --child ...`), which reports
 `getrusage(RUSAGE_SELF).ru_maxrss` at its end, so methods do not contaminate each other (`--in_process` skips the
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "as removed, for exact (default 5)")
     group.add_argument("--sampled_target_pob", type=float, default=8.0, help="the same for the sampled methods "
                        "(default 8: sampled GRPO's target in issue #14)")
-    group.add_argument("--prompt_format", choices=("text", "question", "chat"), default="text",
+    group.add_argument("--prompt_format", choices=("text", "question", "answer", "chat"), default="text",
                        help="load_task('pronoun', prompt_format=...) for every method (default text)")
     group.add_argument("--answer_rows", type=int, default=200, help="held-out rows whose sampled answers are sorted "
                        "into parsed / don't know / unparseable for the base model and at each method's end "
@@ -428,7 +429,10 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
     else:
         from trl import GRPOConfig
 
+        from dso_trl.scoring import prefills_as_text
+
         args = GRPOConfig(**sampled, **common)
+        train_dataset = prefills_as_text(train_dataset, tokenizer)  # TRL would close a prefilled answer
         if method == "lora_grpo":
             from peft import LoraConfig
             from trl import GRPOTrainer

@@ -76,6 +76,37 @@ def encode_prompts(processing_class: Any, prompts: Sequence[Prompt], images: Seq
     return encoded
 
 
+def ends_with_prefill(prompt: Prompt) -> bool:
+    """Whether a conversation ends with an assistant turn: an answer begun for the model, which it continues."""
+    return is_conversational({"prompt": prompt}) and prompt[-1].get("role") == "assistant"
+
+
+def prefill_as_text(prompt: Prompt, processing_class: Any) -> str:
+    """A conversation ending with a prefilled assistant turn as the chat-templated string that continues it.
+
+    TRL 1.16's GRPOTrainer always appends a generation prompt to conversations, which would close the prefilled turn
+    and start a new one; as a plain string the prompt reaches generation as the scoring functions read it. The
+    tokenizer's own special tokens (a BOS the template already wrote) are not added twice."""
+    if not ends_with_prefill(prompt):
+        raise ValueError("prefill_as_text needs a conversation whose last message is an assistant turn")
+    if any(isinstance(message.get("content"), list) for message in prompt):
+        raise ValueError("a prefilled assistant turn is supported on text-only conversations, not with images")
+    text = apply_chat_template({"prompt": prompt}, processing_class)["prompt"]
+    tokenizer = tokenizer_of(processing_class)
+    bos = getattr(tokenizer, "bos_token", None)
+    adds_bos = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
+def prefills_as_text(dataset: Any, processing_class: Any) -> Any:
+    """A `datasets.Dataset` whose prompts end with a prefilled assistant turn, with those prompts as the strings that
+    continue them (`prefill_as_text`); any other dataset unchanged."""
+    if not hasattr(dataset, "map") or not len(dataset) or not ends_with_prefill(dataset[0]["prompt"]):
+        return dataset
+    return dataset.map(lambda row: {"prompt": prefill_as_text(row["prompt"], processing_class)},
+                       desc="Rendering prefilled answers")
+
+
 def batch_inputs(sequences: Sequence[list[int]], prompts: Sequence[EncodedPrompt], pad_token_id: int,
                  padding_side: str, device: torch.device | str) -> dict[str, torch.Tensor]:
     """Model inputs for `sequences` (each starting with the ids of the matching prompt): ids, attention mask and the

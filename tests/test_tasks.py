@@ -375,6 +375,12 @@ def test_pronoun_chat_format_and_errors():
         orders.add(content.endswith(f"Answer with one word: {first} or {second}."))
         assert content.endswith((f": {first} or {second}.", f": {second} or {first}."))
     assert orders == {True, False}  # both orders are used
+    answer = load_task("pronoun", prompt_format="answer", n_train=80, n_train_unambiguous=80, n_test=0,
+                       n_test_unambiguous=0)["train"]
+    for asked, begun in zip(question, answer):  # the same question, the answer begun so that its next word counts
+        assert begun["prompt"][:1] == asked["prompt"]
+        assert begun["prompt"][1:] == [{"role": "assistant", "content": 'The pronoun is "'}]
+        assert begun["option_completions"] == begun["options"] == asked["options"]
     with pytest.raises(UnknownOccupationError, match="astronaut"):
         load_task("pronoun", occupations=["nurse", "astronaut"])
     with pytest.raises(ValueError, match="pronoun train ambiguous: occupation 'farmer' has 25 rows, 30 needed"):

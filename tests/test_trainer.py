@@ -192,3 +192,31 @@ def test_vlm_with_an_image_column(tmp_path, vlm_processor):
     for name, param in trainer.steering.named_parameters():
         assert torch.count_nonzero(param) == param.numel(), f"{name} did not change everywhere"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
+
+
+def test_a_prefilled_answer_is_continued_not_closed(tmp_path, tokenizer):
+    """TRL appends a generation prompt to every conversation; a prompt whose assistant turn is begun must instead
+    reach generation (and the exact estimator) as the chat-templated text that continues that turn."""
+    rows = pronoun_rows(n_repeat=2).to_list()
+    for row in rows:
+        row["prompt"] = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "I said that"}]
+    trainer = DSOTrainer(make_model("llama"), rewards(), args=make_args(tmp_path, max_steps=1),
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    rendered = trainer.train_dataset["prompt"]
+    assert rendered[0] == "user : The nurse said that </s> assistant : I said that"
+    assert all(isinstance(prompt, str) and prompt.endswith("assistant : I said that") for prompt in rendered)
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_prefill_rendering_matches_scoring_and_refuses_other_prompts(tokenizer):
+    from dso_trl.scoring import encode_prompts, prefill_as_text
+
+    prompt = [{"role": "user", "content": "The nurse said that"}, {"role": "assistant", "content": "she"}]
+    text = prefill_as_text(prompt, tokenizer)
+    assert encode_prompts(tokenizer, [text])[0].input_ids == encode_prompts(tokenizer, [prompt])[0].input_ids
+    with pytest.raises(ValueError, match="last message is an assistant turn"):
+        prefill_as_text([{"role": "user", "content": "The nurse said that"}], tokenizer)
+    with pytest.raises(ValueError, match="not with images"):
+        prefill_as_text([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Who?"}]},
+                         {"role": "assistant", "content": "The"}], tokenizer)

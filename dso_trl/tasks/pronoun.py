@@ -9,6 +9,10 @@ a seeded random order per row so that order cannot carry a bias), scored on the 
 completions "He" / "She", ...). How often sampled answers parse, per format: benchmarks/parse_rate.py. In a first
 look at 80 samples (6 new tokens) SmolLM2-135M-Instruct began its answer with a pronoun about a quarter of the time
 and otherwise restated the sentence ("The nurse smiled because.").
+`prompt_format="answer"` is the question with the assistant's answer begun (`ANSWER_PREFILL`, 'The pronoun is "'),
+so the next word is the answer: on SmolLM2 86% of sampled answers parse (30 test rows × 4 samples at temperature 1),
+against about 37% for "question", where the model often hedges ("he or she") or restates the sentence; scored on the
+bare pronouns ("him" / "her"). The trainer renders such prompts to text (`scoring.prefill_as_text`).
 `prompt_format="chat"` asks for the sentence's completion in a user turn; an instruction-tuned model answers by
 repeating the sentence, so its option completions are the whole sentence plus the pronoun (the shared prefix cancels
 when the options are compared).
@@ -113,7 +117,8 @@ TEST_NAMES = {
 SPLITS = {"train": (TRAIN_TEMPLATES, TRAIN_CUES, TRAIN_NAMES), "test": (TEST_TEMPLATES, TEST_CUES, TEST_NAMES)}
 CHAT_INSTRUCTION = 'Complete this sentence: "{text}"'
 QUESTION = 'Which pronoun comes next in this sentence: "{text} ..."? Answer with one word: {first} or {second}.'
-PROMPT_FORMATS = ("text", "chat", "question")
+ANSWER_PREFILL = 'The pronoun is "'
+PROMPT_FORMATS = ("text", "chat", "question", "answer")
 
 
 def article(word: str) -> str:
@@ -125,10 +130,13 @@ def _row(text: str, template: Template, occupation: str, gender: str, fmt: str, 
     labels = list(CASES[template.case])
     if fmt == "text":
         prompt, completions = text, [f" {label}" for label in labels]
-    elif fmt == "question":
+    elif fmt in ("question", "answer"):
         first, second = labels[::-1] if swap else labels
         prompt = [{"role": "user", "content": QUESTION.format(text=text, first=first, second=second)}]
         completions = [label.capitalize() for label in labels]
+        if fmt == "answer":
+            prompt.append({"role": "assistant", "content": ANSWER_PREFILL})
+            completions = list(labels)
     else:
         prompt = [{"role": "user", "content": CHAT_INSTRUCTION.format(text=text)}]
         completions = [f"{text} {label}" for label in labels]
@@ -170,7 +178,8 @@ def load_pronoun(*, seed: int = 0, n_train: int | None = 600, n_train_unambiguou
     """
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f'prompt_format must be "text" (plain continuation, the default), "question" (asks for the '
-                         f'pronoun: for sampled GRPO) or "chat", got {prompt_format!r}')
+                         f'pronoun), "answer" (the question with the answer begun: for sampled GRPO) or "chat", got '
+                         f'{prompt_format!r}')
     occupations = [canonical_occupation(name) for name in occupations or known_occupations()]  # unknown: fails by name
     splits = {}
     for split, n_ambiguous, n_unambiguous in (("train", n_train, n_train_unambiguous),

@@ -17,8 +17,8 @@ from trl.trainer.utils import create_model_from_path
 from ..atomic import write_json_atomic
 from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
 from ..model_card import write_model_card
-from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, row_option_probabilities,
-                       tokenizer_of)
+from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, prefills_as_text,
+                       row_option_probabilities, tokenizer_of)
 from ..steering import Steering
 from .config import DSOConfig
 from .exact import exact_terms, option_kl
@@ -113,6 +113,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
                 **kwargs,
             )
         self.beta = beta
+        self.train_dataset = prefills_as_text(self.train_dataset, self.processing_class)
         if beta != 0.0:
             self.ref_model = SteeringDisabledPolicy(model, steering)
         self.add_callback(_SparsityCallback(self))
