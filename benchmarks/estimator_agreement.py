@@ -19,21 +19,34 @@ from pathlib import Path
 METHODS = {"exact": "DSO, exact estimator", "grpo_sampled": "DSO, sampled GRPO"}
 
 
-def curves(training: dict) -> dict:
-    """The plotted points: per method, its evaluations (step, training clock, POB, accuracy) and its end state."""
-    out = {"model": training["model"], "target": training["target"], "task": training["config"]["task"],
-           "methods": {}}
-    for method in METHODS:
-        result = training["methods"].get(method)
-        if not result or "error" in result:
-            continue
-        points = [{"step": 0, "train_time_s": 0.0, "pob": training["target"]["base_pob"],
-                   "unambiguous_accuracy": training["target"]["base_unambiguous_accuracy"]}]
-        points += [{key: e[key] for key in ("step", "train_time_s", "pob", "unambiguous_accuracy")}
-                   for e in result["evaluations"]]
-        out["methods"][method] = {"points": points, "reached_target": result["reached_target"],
-                                  "target_pob": result.get("target_pob", training["target"]["pob_at_most"]),
-                                  "final_answer_rates": result.get("final_answer_rates")}
+def curves(*trainings: dict) -> dict:
+    """The plotted points: per method, its evaluations (step, training clock, POB, accuracy), its end state and its
+    training options. Several results files may each hold some of the methods (e.g. a sampled run with smaller steps
+    than the exact one); they must share the model, task and base figures."""
+    first = trainings[0]
+    out = {"model": first["model"], "target": first["target"], "task": first["config"]["task"], "methods": {}}
+    for training in trainings:
+        for key, value in (("model", training["model"]), ("task", training["config"]["task"]),
+                           ("base_pob", training["target"]["base_pob"])):
+            if value != (out["target"]["base_pob"] if key == "base_pob" else out[key]):
+                raise ValueError(f"the training results differ in {key}: {value!r} vs the first file's")
+        for method in METHODS:
+            result = training["methods"].get(method)
+            if not result or "error" in result:
+                continue
+            if method in out["methods"]:
+                raise ValueError(f"{method} appears in more than one training results file")
+            points = [{"step": 0, "train_time_s": 0.0, "pob": training["target"]["base_pob"],
+                       "unambiguous_accuracy": training["target"]["base_unambiguous_accuracy"]}]
+            points += [{key: e[key] for key in ("step", "train_time_s", "pob", "unambiguous_accuracy")}
+                       for e in result["evaluations"]]
+            out["methods"][method] = {
+                "points": points, "reached_target": result["reached_target"],
+                "target_pob": result.get("target_pob", training["target"]["pob_at_most"]),
+                "final_answer_rates": result.get("final_answer_rates"),
+                "prompts_per_step": training["config"].get("batch_prompts"),
+                "completions_per_prompt": training["config"].get("num_generations") if method != "exact" else None,
+                "learning_rate": result.get("hyperparameters", {}).get("learning_rate")}
     if not out["methods"]:
         raise ValueError("the training results hold neither an exact nor a grpo_sampled run")
     return out
@@ -68,14 +81,15 @@ def plot(data: dict, figure: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--training", default="benchmarks/results/training.json")
+    parser.add_argument("--training", nargs="+", default=["benchmarks/results/training.json"],
+                        help="training.py results file(s); together they must hold exact and/or grpo_sampled once")
     parser.add_argument("--output", default="benchmarks/results/estimator_agreement.json")
     parser.add_argument("--figure", default="docs/images/estimator_agreement.png")
     args = parser.parse_args(argv)
 
     from dso_trl.atomic import write_json_atomic
 
-    data = curves(json.loads(Path(args.training).read_text()))
+    data = curves(*(json.loads(Path(path).read_text()) for path in args.training))
     plot(data, Path(args.figure))
     write_json_atomic(args.output, data)
     print(f"wrote {args.figure} and {args.output}")

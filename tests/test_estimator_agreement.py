@@ -37,3 +37,21 @@ def test_points_figure_and_json(agreement, tmp_path):
     del training["methods"]["exact"], training["methods"]["grpo_sampled"]
     with pytest.raises(ValueError, match="neither an exact nor a grpo_sampled run"):
         agreement.curves(training)
+
+
+def test_methods_from_two_results_files(agreement):
+    training = json.loads((ROOT / "benchmarks" / "results" / "training.json").read_text())
+    exact_only = json.loads(json.dumps(training))
+    del exact_only["methods"]["grpo_sampled"]
+    sampled_only = json.loads(json.dumps(training))
+    del sampled_only["methods"]["exact"]
+    sampled_only["config"]["batch_prompts"] = 16
+    data = agreement.curves(exact_only, sampled_only)
+    assert set(data["methods"]) == {"exact", "grpo_sampled"}
+    assert data["methods"]["grpo_sampled"]["prompts_per_step"] == 16
+    assert data["methods"]["exact"]["completions_per_prompt"] is None
+    with pytest.raises(ValueError, match="exact appears in more than one"):
+        agreement.curves(exact_only, training)
+    sampled_only["config"]["task"] = dict(sampled_only["config"]["task"], prompt_format="chat")
+    with pytest.raises(ValueError, match="differ in task"):
+        agreement.curves(exact_only, sampled_only)
