@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..devices import device_of
 from ..atomic import write_atomic, write_json_atomic
 from ..checksummed import sha256_file
 from ..evaluation import EvaluationConfig, evaluate
@@ -149,7 +150,7 @@ def baseline_kl(baseline: Baseline, model: nn.Module, processing_class: Any, tex
     strength = baseline.validate_strength(strength)
     tokenizer = tokenizer_of(processing_class)
     pad_id = next((int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    device = next(model.parameters()).device
+    device = device_of(model)
     texts, steered_texts = list(texts), baseline.prepare_texts(texts, strength)
     was_training = model.training
     model.eval()

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from ..devices import device_of
 from ..scoring import batch_inputs, encode_prompts, inference, pad_token_id, tokenizer_of
 from ..steering import Steering
 
@@ -40,7 +41,7 @@ def compare_on_text(steering: Steering, processing_class: Any, texts: Sequence[s
     model = steering.model
     tokenizer = tokenizer_of(processing_class)
     pad_id = pad_token_id(tokenizer)
-    device = next(model.parameters()).device
+    device = device_of(model)
     kl_sum = base_sum = steered_sum = 0.0
     kl_count = nll_count = 0
     with inference(model):
