@@ -21,12 +21,11 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..devices import device_of
 from ..atomic import write_atomic, write_json_atomic
 from ..checksummed import sha256_file
 from ..evaluation import EvaluationConfig, evaluate
+from ..evaluation.divergence import compare_runs
 from ..evaluation.estimators import Parser
-from ..scoring import batch_inputs, encode_prompts, tokenizer_of
 from ..version import __version__
 
 WEIGHTS_NAME = "baseline.safetensors"
@@ -138,50 +137,16 @@ def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, 
     return {"name": name or baseline.name, "points": points}
 
 
-@torch.no_grad()
 def baseline_kl(baseline: Baseline, model: nn.Module, processing_class: Any, texts: Sequence[str], strength: float,
                 *, batch_size: int = 8, progress: bool = True) -> float:
-    """Mean over token positions of KL(steered ‖ base) in nats on plain `texts`, like `steering_kl` for DSO. The
-    steered run sees `prepare_texts(texts)` under the baseline's hooks; positions are those of each text's tokens that
-    both runs share (the common suffix of the two tokenizations: all of them for hook baselines, the text after the
-    instruction for prompting), so the figure says how much the baseline moves predictions on the text itself."""
+    """Mean over token positions of KL(steered ‖ base) in nats on plain `texts`, like `steering_kl` for DSO (both are
+    `dso_trl.evaluation.divergence.compare_runs`). The steered run sees `prepare_texts(texts)` under the baseline's
+    hooks; positions are those of each text's tokens that both runs share (the common suffix of the two
+    tokenizations: all of them for hook baselines, the text after the instruction for prompting), so the figure says
+    how much the baseline moves predictions on the text itself."""
     if not texts or any(not isinstance(text, str) for text in texts):
         raise ValueError("baseline_kl needs a non-empty list of plain strings")
     strength = baseline.validate_strength(strength)
-    tokenizer = tokenizer_of(processing_class)
-    pad_id = next((int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    device = device_of(model)
-    texts, steered_texts = list(texts), baseline.prepare_texts(texts, strength)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"KL of {baseline.name}", disable=not progress):
-            base_prompts = encode_prompts(processing_class, texts[start:start + batch_size])
-            steered_prompts = encode_prompts(processing_class, steered_texts[start:start + batch_size])
-            shared = [_common_suffix(b.input_ids, s.input_ids) for b, s in zip(base_prompts, steered_prompts)]
-            base = _logprobs(model, base_prompts, pad_id, device)
-            with baseline.applied(model, strength):
-                steered = _logprobs(model, steered_prompts, pad_id, device)
-            for i, n in enumerate(shared):
-                b_len, s_len = len(base_prompts[i].input_ids), len(steered_prompts[i].input_ids)
-                p, q = steered[i, s_len - n:s_len], base[i, b_len - n:b_len]
-                total += float((p.exp() * (p - q)).sum())
-                count += n
-    finally:
-        model.train(was_training)
-    if not count:
-        raise ValueError("the texts tokenize to no tokens: there is nothing to compare")
-    return total / count
-
-
-def _logprobs(model: nn.Module, prompts: list, pad_id: int, device: torch.device) -> torch.Tensor:
-    inputs = batch_inputs([p.input_ids for p in prompts], prompts, pad_id, "right", device)
-    return model(**inputs, use_cache=False).logits.float().log_softmax(-1)
-
-
-def _common_suffix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
-        n += 1
-    return n
+    return compare_runs(model, processing_class, texts, steered=lambda: baseline.applied(model, strength),
+                        base=contextlib.nullcontext, steered_texts=baseline.prepare_texts(texts, strength),
+                        batch_size=batch_size, progress=progress, desc=f"KL of {baseline.name}").kl
