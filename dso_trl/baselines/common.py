@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import write_atomic, write_json_atomic
-from ..checksummed import sha256_file
+from ..checksummed import write_checked
 from ..evaluation import EvaluationConfig, evaluate
 from ..evaluation.divergence import compare_runs
 from ..evaluation.estimators import Parser
@@ -93,14 +91,10 @@ class Baseline(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write `baseline.safetensors` and `baseline_config.json` into folder `path`, each atomically (no pickle);
         the JSON records the tensors' SHA-256 so a damaged file is refused on load."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors, fields = self._state()
-        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-        write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-        write_json_atomic(folder / CONFIG_NAME, {
+        write_checked(Path(path), WEIGHTS_NAME, tensors, CONFIG_NAME, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "dso_trl_version": __version__,
-            "base_model": self.base_model, "fields": fields, "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
+            "base_model": self.base_model, "fields": fields,
         })
 
 
