@@ -15,12 +15,12 @@ from typing import Any
 from datasets import DatasetDict
 from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, TrlParser
-from trl.trainer.utils import create_model_from_path
 
 from dso_trl import DSOConfig, DSOTrainer
 from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
 from dso_trl.dotted import import_object
 from dso_trl.model_card import write_model_card
+from dso_trl.models import create_model
 from dso_trl.rewards.common import load_reward_funcs
 from dso_trl.tasks import parse_choice
 
@@ -94,24 +94,9 @@ def check_arguments(script_args: DSOScriptArguments, model_args: ModelConfig) ->
 
 def load_model(model_args: ModelConfig, training_args: DSOConfig):
     """The base model, as TRL's scripts load it (`ModelConfig` options, `model_init_kwargs` on top)."""
-    kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                  attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
-    kwargs.update(training_args.model_init_kwargs or {})
-    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # each process holds its replica (or ZeRO shard); accelerate places it
-    # Under ZeRO-3 with `zero3_init_flag`, `from_pretrained` builds the model inside deepspeed.zero.Init (DSOConfig,
-    # parsed before this call, registered the DeepSpeed config): every weight is an empty placeholder. The steering
-    # takes each norm's size from the weight's `ds_shape` (dso_trl.steering.targets.norm_size), not from its data.
-    model = create_model_from_path(model_args.model_name_or_path, **kwargs)
-    # DeepSpeed fills its hidden-size-based "auto" values (reduce_bucket_size, stage3_prefetch_bucket_size,
-    # stage3_param_persistence_threshold) from `model.config.hidden_size`. Qwen2.5-VL's top-level config (like other
-    # VLMs') has none, only `text_config.hidden_size`, and accelerate's DeepSpeed preparation then fails on those
-    # "auto" values. Copy the language model's size up before the trainer is built; the model itself reads its sizes
-    # from `text_config`, so nothing else changes.
-    text_config = model.config.get_text_config()
-    if not hasattr(model.config, "hidden_size") and hasattr(text_config, "hidden_size"):
-        model.config.hidden_size = text_config.hidden_size
-    return model
+    return create_model(model_args.model_name_or_path, training_args, revision=model_args.model_revision,
+                        trust_remote_code=training_args.trust_remote_code,
+                        attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
 
 
 def load_processing_class(script_args: DSOScriptArguments, model_args: ModelConfig, training_args: DSOConfig):

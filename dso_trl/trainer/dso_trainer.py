@@ -12,11 +12,11 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
-from trl.trainer.utils import create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
 from ..model_card import write_model_card
+from ..models import create_model
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, prefills_as_text,
                        row_option_probabilities, tokenizer_of)
 from ..steering import Steering
@@ -92,10 +92,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
             raise ValueError("sync_ref_model=True is not supported by DSOTrainer: its reference is the base model "
                              "(the steering disabled), which training never changes")
         if isinstance(model, str):
-            model_init_kwargs = dict(args.model_init_kwargs or {})
-            if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-                model_init_kwargs["device_map"] = None
-            model = create_model_from_path(model, **model_init_kwargs)
+            model = create_model(model, args)
         if steering is None:
             steering = Steering.attach(model, args.steering_config())
         elif steering.model is not model:
