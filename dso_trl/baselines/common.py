@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checksummed import write_checked
-from ..evaluation import EvaluationConfig, evaluate
+from ..evaluation import EvaluationConfig, SweepPoint, evaluate
 from ..evaluation.divergence import compare_runs
 from ..evaluation.estimators import Parser
 from ..version import __version__
@@ -105,10 +105,9 @@ def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, 
                    ) -> dict[str, Any]:
     """Evaluate `baseline` at each strength (default: its `default_strengths`) on `rows` with
     `dso_trl.evaluation.evaluate`, and with `kl_texts` also KL(steered ‖ base) on them. Returns the baseline entry
-    for `Sweep(points, baselines=[...])`: `{"name", "points": [{"strength", "pob", "unambiguous_accuracy",
-    "dont_know_rate", "kl", ...}]}` (figures in points; `dont_know_rate` is the ambiguous rows' don't-know mass, None
-    where no row offers it; `kl` None without `kl_texts`; also `stereotype_gap` and the CI bounds
-    `pob_low` / `pob_high` and `unambiguous_accuracy_low` / `unambiguous_accuracy_high`)."""
+    for `Sweep(points, baselines=[...])`: `{"name", "points": [...]}`, each point the `SweepPoint.record()` of a
+    DSO sweep (strength, keep_fraction 1, the headline figures with their CI bounds, counts, `kl`: None without
+    `kl_texts`; None for a figure with no rows) plus `dont_know_rate`, the ambiguous rows' don't-know mass."""
     grid = [baseline.validate_strength(s) for s in (baseline.default_strengths if strengths is None else strengths)]
     if not grid:
         raise ValueError("the sweep grid is empty: give at least one strength")
@@ -120,14 +119,8 @@ def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, 
         with baseline.applied(model, strength) as prepare:
             metrics = evaluate(model, processing_class, prepare(rows), inner, parser)
         kl = baseline_kl(baseline, model, processing_class, kl_texts, strength, progress=False) if kl_texts else None
-        point: dict[str, Any] = {
-            "strength": strength, "pob": metrics.pob, "unambiguous_accuracy": metrics.unambiguous_accuracy,
-            "dont_know_rate": metrics.dont_know_ambiguous, "kl": kl, "stereotype_gap": metrics.stereotype_gap,
-        }
-        for figure in ("pob", "unambiguous_accuracy"):
-            low, high = metrics.intervals.get(figure, (math.nan, math.nan))
-            point.update({f"{figure}_low": low, f"{figure}_high": high})
-        points.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in point.items()})
+        point = SweepPoint(strength, 1.0, metrics, kl).record()
+        points.append({**point, "dont_know_rate": point["dont_know_ambiguous"]})
     return {"name": name or baseline.name, "points": points}
 
 
