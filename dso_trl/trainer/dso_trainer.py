@@ -203,7 +203,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
     # ------------------------------------------------------------------ saving: the steering only, no pickle
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
-        with self._gathered_steering():
+        with self.gathered_steering():
             if self.args.should_save:
                 self.steering.save_pretrained(output_dir)
                 if self.processing_class is not None:
@@ -230,8 +230,9 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
             details={"estimator": self.args.estimator, "learning rate": f"{self.args.learning_rate:g}",
                      "batch size (per device)": self.args.per_device_train_batch_size, "seed": self.args.seed})
 
-    def _gathered_steering(self):
-        """On DeepSpeed ZeRO-3 the steering vectors are partitioned: gather them (on every rank) while saving."""
+    def gathered_steering(self):
+        """On DeepSpeed ZeRO-3 the steering vectors are partitioned: a context that gathers them whole (on every rank)
+        for saving or evaluating the steering (the recipes' sweep); elsewhere it does nothing."""
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             import deepspeed
 

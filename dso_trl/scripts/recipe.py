@@ -1,6 +1,7 @@
-"""What the DSO recipes (`dso_llm_coref.py`, `dso_qwen_vl.py`) share: the common script arguments, the parser, loading
-the model, processor and reward functions, and what happens after training (save the steering, λ sweep on the test
-split, model card, W&B, Hub). Not part of the dso_trl package: copy a recipe together with this file to adapt it.
+"""What the DSO recipes (`recipes/dso_llm_coref.py`, `recipes/dso_qwen_vl.py`) share: the common script arguments,
+the parser, loading the model, processor and reward functions, and what happens after training (save the steering, λ
+sweep on the test split, model card, W&B, Hub). Part of the package, so a recipe is one file that imports it: copy a
+recipe to adapt it.
 
 This module never imports deepspeed: under `accelerate launch` with a DeepSpeed config, accelerate and transformers
 import it themselves.
@@ -16,13 +17,13 @@ from datasets import DatasetDict
 from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from dso_trl import DSOConfig, DSOTrainer
-from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
-from dso_trl.dotted import import_object
-from dso_trl.model_card import write_model_card
-from dso_trl.models import create_model
-from dso_trl.rewards.common import load_reward_funcs
-from dso_trl.tasks import parse_choice
+from ..dotted import import_object
+from ..evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
+from ..model_card import write_model_card
+from ..models import create_model
+from ..rewards.common import load_reward_funcs
+from ..tasks import parse_choice
+from ..trainer import DSOConfig, DSOTrainer
 
 DEFAULT_REWARDS = ("dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward")
 DEFAULT_SWEEP_STRENGTHS = (0.0, 0.5, 1.0)
@@ -137,7 +138,7 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
                                   progress=accelerator.is_main_process and not training_args.disable_tqdm)
         # Every rank evaluates the same rows: under ZeRO-3 each forward pass needs all ranks, and the steering vectors
         # are gathered whole for the sweep, which reads, changes and restores them. Only the main rank writes.
-        with trainer._gathered_steering():
+        with trainer.gathered_steering():
             sweep = run_sweep(trainer.steering, processing_class, test_rows, strengths=script_args.sweep_strengths,
                               config=config, parser=parse_choice,
                               capability=CapabilitySuite(processing_class) if script_args.sweep_capability else None,
@@ -167,8 +168,8 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
                                 details=details)
         accelerator.print(f"Model card written to {card}")
         if sweep is not None and "wandb" in (training_args.report_to or []):
-            from dso_trl.evaluation.plots import written_plots
-            from dso_trl.tracking import log_sweep
+            from ..evaluation.plots import written_plots
+            from ..tracking import log_sweep
 
             # The trainer's W&B run (`wandb.run`) gets the sweep table, the λ curves, the plots and the summary.
             log_sweep(sweep, written_plots(sweep_dir),
