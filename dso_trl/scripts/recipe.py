@@ -24,25 +24,21 @@ from ..models import create_model
 from ..rewards.common import load_reward_funcs
 from ..tasks import parse_choice
 from ..trainer import DSOConfig, DSOTrainer
+from .arguments import TrainRowArguments
 
-DEFAULT_REWARDS = ("dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward")
 DEFAULT_SWEEP_STRENGTHS = (0.0, 0.5, 1.0)
 SWEEP_DIR = "sweep"
 
 
 @dataclass
-class DSOScriptArguments(ScriptArguments):
-    """Arguments every DSO recipe takes, besides `DSOConfig` (training) and `ModelConfig` (model).
+class DSOScriptArguments(ScriptArguments, TrainRowArguments):
+    """Arguments every DSO recipe takes, besides `DSOConfig` (training) and `ModelConfig` (model): the task rows and
+    rewards of `dso-trl train` (`TrainRowArguments`), the processor, and the sweep after training.
 
     The data come from `dso_trl.tasks` (each recipe adds its task's options), so `dataset_name` / `dataset_config`
     are not used; `dataset_train_split` / `dataset_test_split` name the splits to train and evaluate on.
     """
 
-    reward_funcs: list[str] = field(
-        default_factory=lambda: list(DEFAULT_REWARDS),
-        metadata={"help": "Reward functions as dotted import paths (the current directory is importable): a class is "
-                  "instantiated without arguments, a function is used as it is. Weigh them with `reward_weights`."},
-    )
     processor_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Where to load the tokenizer/processor from (default: model_name_or_path)."},
@@ -52,12 +48,6 @@ class DSOScriptArguments(ScriptArguments):
         metadata={"help": "Dotted path of the class whose `from_pretrained` loads the processing class (default: "
                   "transformers.AutoProcessor), e.g. a processor without video support where torchvision is missing."},
     )
-    task_seed: int = field(default=0, metadata={"help": "Seed of the task's splits, sampling and option order."})
-    n_train: int | None = field(default=480, metadata={"help": "Ambiguous training rows, balanced per occupation."})
-    n_train_unambiguous: int | None = field(
-        default=480, metadata={"help": "Unambiguous training rows (they keep the model using explicit cues)."})
-    n_test: int | None = field(default=None, metadata={"help": "Ambiguous test rows (default: all)."})
-    n_test_unambiguous: int | None = field(default=None, metadata={"help": "Unambiguous test rows (default: all)."})
     both_orders: bool = field(default=False, metadata={"help": "Show every item in both option orders."})
     sweep_strengths: list[float] = field(
         default_factory=lambda: list(DEFAULT_SWEEP_STRENGTHS),
