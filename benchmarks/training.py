@@ -270,26 +270,14 @@ def load_rows(opts: Options):
 
 
 def smoke_model_and_tokenizer(task, seed: int = 0):
-    """A tiny random Llama and a word-level tokenizer trained here on the task's words (no download)."""
-    import torch
-    import transformers as tf
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A tiny random Llama and a word-level tokenizer trained on the task's words (dso_trl.testing: no download)."""
+    from dso_trl.testing import tiny_llama, word_tokenizer
 
     texts = [(row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"])
              + " " + " ".join(row["option_completions"]) + " user assistant :"
              for split in task.values() for row in split]
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>",
-                                           eos_token="</s>", unk_token="<unk>")
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                               "{% if add_generation_prompt %}assistant : {% endif %}")
-    torch.manual_seed(seed)
-    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, bos_token_id=1,
-                            eos_token_id=2, tie_word_embeddings=True)
-    return tf.LlamaForCausalLM(config).eval(), tokenizer
+    tokenizer = word_tokenizer(texts)
+    return tiny_llama(len(tokenizer), seed=seed), tokenizer
 
 
 def load_model(opts: Options, task):

@@ -1,11 +1,18 @@
 """Saved folders of one safetensors file plus a JSON config that records the file's SHA-256 (steerings, baselines):
-the checksum, and reading the config back with every check that names what is wrong."""
+the one writer of such pairs (also of the trainer's optimizer and RNG state), the checksum, and reading the config
+back with every check that names what is wrong."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from .atomic import write_atomic, write_json_atomic
 
 
 def sha256_file(path: Path) -> str:
@@ -14,6 +21,21 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write `tensors` (detached, contiguous, on the CPU) to the safetensors file `path`, atomically."""
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def write_checked(folder: Path, weights_name: str, tensors: Mapping[str, torch.Tensor], config_name: str,
+                  config: Mapping[str, Any]) -> None:
+    """Write `tensors` to `folder/weights_name`, then `config` with the file's SHA-256 (`tensors_sha256`) to
+    `folder/config_name`, each atomically: the pair `read_checked_config` reads back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tensors(folder / weights_name, tensors)
+    write_json_atomic(folder / config_name, {**config, "tensors_sha256": sha256_file(folder / weights_name)})
 
 
 def read_checked_config(folder: Path, config_name: str, weights_name: str, file_format: str, format_version: int,

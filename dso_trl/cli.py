@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from .evaluation import DEFAULT_STRENGTHS
 from .evaluation.metrics import points_text as points
+from .scripts.arguments import RowArguments, TrainRowArguments
 
 COMMANDS = {
     "demo": "DSO end to end on SmolLM2 (or --model): measure, train, measure on held-out wording, sweep λ.",
@@ -43,7 +44,7 @@ TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=2e-3, per_device_train_ba
 
 
 @dataclass
-class TaskArguments:
+class TaskArguments(RowArguments):
     """Which model, and which task rows (docs/SCHEMA.md) it is measured or trained on."""
 
     model: str | None = field(
@@ -59,9 +60,6 @@ class TaskArguments:
         metadata={"help": "The task's data: your SynthBias CSV (synthbias, required), or a SocialCounterfactuals-style "
                   "image folder (occupation_pairs; default: the synthetic generator)."},
     )
-    n_test: int | None = field(default=400, metadata={"help": "Held-out ambiguous rows (None: all)."})
-    n_test_unambiguous: int | None = field(default=400, metadata={"help": "Held-out unambiguous rows (None: all)."})
-    task_seed: int = field(default=0, metadata={"help": "Seed of the task's splits and sampling."})
 
     def load_split(self, split: str, **sizes: int | None):
         """The task's `split` as a `datasets.Dataset` of schema rows."""
@@ -157,17 +155,10 @@ class SweepArguments(EvaluationArguments):
 
 
 @dataclass
-class TrainArguments(TaskArguments):
-    """`train`: the task's training rows; every DSOConfig option (learning_rate, max_steps, estimator, …) too."""
+class TrainArguments(TaskArguments, TrainRowArguments):
+    """`train`: the task's training rows and rewards (the recipes' too); every DSOConfig option (learning_rate,
+    max_steps, estimator, …) as well."""
 
-    n_train: int | None = field(default=600, metadata={"help": "Ambiguous training rows (parity reward)."})
-    n_train_unambiguous: int | None = field(
-        default=600, metadata={"help": "Unambiguous training rows (accuracy reward); keeps capability."}
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward"],
-        metadata={"help": "Reward callables by dotted path; classes are instantiated without arguments."},
-    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds checkpoints (they are removed first); without it "

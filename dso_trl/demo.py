@@ -159,8 +159,7 @@ def sweep_records(sweep: Sweep) -> list[dict[str, Any]]:
     for p in sweep.points:
         if p.keep_fraction == 1:
             capability = p.capability.to_dict() if p.capability is not None else {}
-            records.append({"strength": p.strength, "pob": p.metrics.pob,
-                            "unambiguous_accuracy": p.metrics.unambiguous_accuracy, **capability})
+            records.append({**p.record(("strength", "pob", "unambiguous_accuracy")), **capability})
     return records
 
 

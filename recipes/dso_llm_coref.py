@@ -36,15 +36,11 @@ YAML file or on the command line (which wins); `--help` lists them.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # recipe_utils, beside this file
-
-from recipe_utils import DSOScriptArguments, make_recipe_parser, train_and_report  # noqa: E402
-
-from dso_trl.tasks import load_task  # noqa: E402
+from dso_trl.scripts.recipe import DSOScriptArguments, make_recipe_parser, train_and_report
+from dso_trl.tasks import load_task
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 TASKS = ("winobias", "synthbias")

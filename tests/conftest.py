@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import pytest
 import torch
 import transformers as tf
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers.processing_utils import ProcessorMixin
+
+from dso_trl.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, word_tokenizer
 
 # Tiny models gain nothing from intra-op threads, and OpenMP threads spinning against another busy process (the
 # 2-process DDP test, a parallel job) can slow a test twenty-fold: one thread keeps timings steady.
@@ -16,14 +19,7 @@ VOCAB = 160
 TEXT = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MROPE = {"type": "mrope", "mrope_section": [1, 1, 2]}
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
-VISION_TOKENS = SPECIAL_TOKENS + ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} </s> {% endfor %}"
-    "{% if add_generation_prompt %}assistant : {% endif %}"
-)
+VISION_TOKENS = [*SPECIAL_TOKENS, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
 def _config(family: str):
@@ -93,10 +89,9 @@ def input_ids() -> torch.Tensor:
     return torch.tensor([[1, 5, 9, 14, 27, 33, 40, 3], [1, 7, 7, 8, 90, 101, 11, 12]])
 
 
-def train_tokenizer(special_tokens: list[str]) -> tf.PreTrainedTokenizerFast:
-    """A word-level tokenizer trained here on a few sentences (no download), wrapped as a fast HF tokenizer, with a
-    small chat template. Filler words make its vocabulary exactly the tiny models' (VOCAB), so every generated id
-    decodes to a word."""
+def train_tokenizer(special_tokens: Sequence[str]) -> tf.PreTrainedTokenizerFast:
+    """A word-level tokenizer (dso_trl.testing) trained here on a few sentences, with the small chat template. Filler
+    words make its vocabulary exactly the tiny models' (VOCAB), so every generated id decodes to a word."""
     corpus = [
         "The nurse said that she would help the farmer .",
         "The farmer said that he was tired of the nurse .",
@@ -105,13 +100,8 @@ def train_tokenizer(special_tokens: list[str]) -> tf.PreTrainedTokenizerFast:
     ]
     words = {w for line in corpus for w in line.split()}
     corpus.append(" ".join(f"w{i}" for i in range(VOCAB - len(special_tokens) - len(words))))
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=special_tokens))
-    assert raw.get_vocab_size() == VOCAB
-    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                           unk_token="<unk>")
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = word_tokenizer(corpus, special_tokens=special_tokens, vocab_size=VOCAB)
+    assert len(tokenizer) == VOCAB
     return tokenizer
 
 

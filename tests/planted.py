@@ -7,7 +7,8 @@ import random
 import torch
 import transformers as tf
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from dso_trl.testing import tiny_llama, word_tokenizer
 
 MALE_JOBS = ["farmer", "carpenter", "sheriff", "mechanic", "driver", "guard"]
 FEMALE_JOBS = ["nurse", "secretary", "librarian", "baker", "cleaner", "receptionist"]
@@ -26,23 +27,14 @@ def unambiguous(template: str, job: str, name: str) -> str:
 def tokenizer() -> tf.PreTrainedTokenizerFast:
     words = {w for t in TRAIN_TEMPLATES + TEST_TEMPLATES for w in t.replace("{job}", "").split()}
     words |= set(MALE_JOBS + FEMALE_JOBS + MALE_NAMES + FEMALE_NAMES) | {"he", "she", "is", "a", "."}
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"])
-    raw.train_from_iterator([" ".join(sorted(words))], trainer)
-    return tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                      unk_token="<unk>")
+    return word_tokenizer([" ".join(sorted(words))], chat_template=None)
 
 
 def pretrain(tok, steps: int = 120, seed: int = 0, evasive: float = 0.0) -> tf.LlamaForCausalLM:
     """Teach a tiny Llama: ambiguous prompts → he with probability P_HE[job]; a named person → that person's pronoun.
     With `evasive` > 0, ambiguous prompts are followed by "." (no answer) with that probability instead."""
-    torch.manual_seed(seed)
     rng = random.Random(seed)
-    config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, bos_token_id=1,
-                            eos_token_id=2, tie_word_embeddings=True)
-    model = tf.LlamaForCausalLM(config)
+    model = tiny_llama(len(tok), seed=seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     templates, jobs = TRAIN_TEMPLATES + TEST_TEMPLATES, MALE_JOBS + FEMALE_JOBS
     for _ in range(steps):

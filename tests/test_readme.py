@@ -6,11 +6,10 @@ import re
 from pathlib import Path
 
 import torch
-import transformers as tf
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from dso_trl import Steering
 from dso_trl.scoring import option_probabilities
+from dso_trl.testing import tiny_llama, word_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -24,14 +23,6 @@ def readme_example() -> dict:
     return namespace
 
 
-def word_tokenizer(sentences: list[str]) -> tf.PreTrainedTokenizerFast:
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    return tf.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                      unk_token="<unk>")
-
-
 def test_own_task_reward_judges_as_documented():
     reward = readme_example()["neutral_pronoun_reward"]
     assert reward(["p"] * 4, [" their", " his", [{"role": "assistant", "content": "her"}], " his"],
@@ -41,11 +32,8 @@ def test_own_task_reward_judges_as_documented():
 def test_own_task_example_trains_and_saves(tmp_path):
     example = readme_example()
     rows = list(example["build_rows"]())
-    tokenizer = word_tokenizer([row["prompt"] for row in rows] + ["his her their"])
-    torch.manual_seed(0)
-    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                               pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    tokenizer = word_tokenizer([row["prompt"] for row in rows] + ["his her their"], chat_template=None)
+    model = tiny_llama(len(tokenizer), hidden_size=16, intermediate_size=32, tie_word_embeddings=False)
 
     def expected_reward() -> float:
         """The example's objective: Σ_o p(o)·(neutral reward + accuracy reward), averaged over rows."""

@@ -24,6 +24,7 @@ from conftest import CHAT_TEMPLATE, SPECIAL_TOKENS, VISION_TOKENS, ImageOnlyQwen
 from dso_trl import Steering
 from dso_trl.evaluation import EvaluationConfig, evaluate, load_sweep
 from dso_trl.model_card import render_model_card, write_model_card
+from dso_trl.scripts import recipe as recipe_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -289,7 +290,7 @@ def test_expected_configs_exist_and_recipes_never_import_deepspeed():
 # ---------------------------------------------------------------------------------------------------- small pieces
 def test_reward_funcs_by_dotted_path(tmp_path, monkeypatch):
     load_recipe("dso_llm_coref")
-    utils = sys.modules["recipe_utils"]
+    utils = recipe_module
     from dso_trl.rewards import GenderParityReward
 
     source = "def constant(prompts, completions, **kw):\n    return [1.0] * len(prompts)\n"
@@ -310,7 +311,7 @@ def test_recipes_refuse_what_they_cannot_do(tmp_path):
         recipe.load_data(script_args)
     script_args, _, model_args = recipe.make_parser().parse_args_and_config(args=["--use_peft", "true"])
     with pytest.raises(ValueError, match="not a PEFT adapter"):
-        sys.modules["recipe_utils"].check_arguments(script_args, model_args)
+        recipe_module.check_arguments(script_args, model_args)
 
 
 def test_zero3_placeholder_norm_weights_give_the_real_sizes():

@@ -329,7 +329,7 @@ def test_failed_save_keeps_the_previous_files(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dso_trl.steering.serialization.save_file", crash)
+    monkeypatch.setattr("dso_trl.checksummed.save_file", crash)  # the one safetensors writer
     with pytest.raises(OSError, match="disk full"):
         steering.save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files left, old files intact

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..devices import device_of
 from ..schema import SchemaError, anti_option, option_index, require_columns
 from ..scoring import EncodedPrompt, batch_inputs, encode_prompts, inference, row_images, tokenizer_of
 from ..steering.targets import VISION_PATTERN
@@ -185,7 +186,7 @@ def collect_last_token(model: nn.Module, processing_class: Any, pairs: Sequence[
     missing = [name for name in modules if name not in named]
     if missing:
         raise BaselineError(f"{type(model).__name__} has no module(s) {missing}")
-    device = next(model.parameters()).device
+    device = device_of(model)
     state: dict[str, Any] = {"last": None, "seen": set()}
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
 

@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import write_atomic, write_json_atomic
-from ..checksummed import sha256_file
-from ..evaluation import EvaluationConfig, evaluate
+from ..checksummed import write_checked
+from ..evaluation import EvaluationConfig, SweepPoint, evaluate
+from ..evaluation.divergence import compare_runs
 from ..evaluation.estimators import Parser
-from ..scoring import batch_inputs, encode_prompts, tokenizer_of
 from ..version import __version__
 
 WEIGHTS_NAME = "baseline.safetensors"
@@ -93,14 +91,10 @@ class Baseline(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write `baseline.safetensors` and `baseline_config.json` into folder `path`, each atomically (no pickle);
         the JSON records the tensors' SHA-256 so a damaged file is refused on load."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors, fields = self._state()
-        tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-        write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-        write_json_atomic(folder / CONFIG_NAME, {
+        write_checked(Path(path), WEIGHTS_NAME, tensors, CONFIG_NAME, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "kind": self.kind, "dso_trl_version": __version__,
-            "base_model": self.base_model, "fields": fields, "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
+            "base_model": self.base_model, "fields": fields,
         })
 
 
@@ -111,10 +105,9 @@ def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, 
                    ) -> dict[str, Any]:
     """Evaluate `baseline` at each strength (default: its `default_strengths`) on `rows` with
     `dso_trl.evaluation.evaluate`, and with `kl_texts` also KL(steered ‖ base) on them. Returns the baseline entry
-    for `Sweep(points, baselines=[...])`: `{"name", "points": [{"strength", "pob", "unambiguous_accuracy",
-    "dont_know_rate", "kl", ...}]}` (figures in points; `dont_know_rate` is the ambiguous rows' don't-know mass, None
-    where no row offers it; `kl` None without `kl_texts`; also `stereotype_gap` and the CI bounds
-    `pob_low` / `pob_high` and `unambiguous_accuracy_low` / `unambiguous_accuracy_high`)."""
+    for `Sweep(points, baselines=[...])`: `{"name", "points": [...]}`, each point the `SweepPoint.record()` of a
+    DSO sweep (strength, keep_fraction 1, the headline figures with their CI bounds, counts, `kl`: None without
+    `kl_texts`; None for a figure with no rows) plus `dont_know_rate`, the ambiguous rows' don't-know mass."""
     grid = [baseline.validate_strength(s) for s in (baseline.default_strengths if strengths is None else strengths)]
     if not grid:
         raise ValueError("the sweep grid is empty: give at least one strength")
@@ -126,61 +119,21 @@ def sweep_baseline(baseline: Baseline, model: nn.Module, processing_class: Any, 
         with baseline.applied(model, strength) as prepare:
             metrics = evaluate(model, processing_class, prepare(rows), inner, parser)
         kl = baseline_kl(baseline, model, processing_class, kl_texts, strength, progress=False) if kl_texts else None
-        point: dict[str, Any] = {
-            "strength": strength, "pob": metrics.pob, "unambiguous_accuracy": metrics.unambiguous_accuracy,
-            "dont_know_rate": metrics.dont_know_ambiguous, "kl": kl, "stereotype_gap": metrics.stereotype_gap,
-        }
-        for figure in ("pob", "unambiguous_accuracy"):
-            low, high = metrics.intervals.get(figure, (math.nan, math.nan))
-            point.update({f"{figure}_low": low, f"{figure}_high": high})
-        points.append({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in point.items()})
+        point = SweepPoint(strength, 1.0, metrics, kl).record()
+        points.append({**point, "dont_know_rate": point["dont_know_ambiguous"]})
     return {"name": name or baseline.name, "points": points}
 
 
-@torch.no_grad()
 def baseline_kl(baseline: Baseline, model: nn.Module, processing_class: Any, texts: Sequence[str], strength: float,
                 *, batch_size: int = 8, progress: bool = True) -> float:
-    """Mean over token positions of KL(steered ‖ base) in nats on plain `texts`, like `steering_kl` for DSO. The
-    steered run sees `prepare_texts(texts)` under the baseline's hooks; positions are those of each text's tokens that
-    both runs share (the common suffix of the two tokenizations: all of them for hook baselines, the text after the
-    instruction for prompting), so the figure says how much the baseline moves predictions on the text itself."""
+    """Mean over token positions of KL(steered ‖ base) in nats on plain `texts`, like `steering_kl` for DSO (both are
+    `dso_trl.evaluation.divergence.compare_runs`). The steered run sees `prepare_texts(texts)` under the baseline's
+    hooks; positions are those of each text's tokens that both runs share (the common suffix of the two
+    tokenizations: all of them for hook baselines, the text after the instruction for prompting), so the figure says
+    how much the baseline moves predictions on the text itself."""
     if not texts or any(not isinstance(text, str) for text in texts):
         raise ValueError("baseline_kl needs a non-empty list of plain strings")
     strength = baseline.validate_strength(strength)
-    tokenizer = tokenizer_of(processing_class)
-    pad_id = next((int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    device = next(model.parameters()).device
-    texts, steered_texts = list(texts), baseline.prepare_texts(texts, strength)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"KL of {baseline.name}", disable=not progress):
-            base_prompts = encode_prompts(processing_class, texts[start:start + batch_size])
-            steered_prompts = encode_prompts(processing_class, steered_texts[start:start + batch_size])
-            shared = [_common_suffix(b.input_ids, s.input_ids) for b, s in zip(base_prompts, steered_prompts)]
-            base = _logprobs(model, base_prompts, pad_id, device)
-            with baseline.applied(model, strength):
-                steered = _logprobs(model, steered_prompts, pad_id, device)
-            for i, n in enumerate(shared):
-                b_len, s_len = len(base_prompts[i].input_ids), len(steered_prompts[i].input_ids)
-                p, q = steered[i, s_len - n:s_len], base[i, b_len - n:b_len]
-                total += float((p.exp() * (p - q)).sum())
-                count += n
-    finally:
-        model.train(was_training)
-    if not count:
-        raise ValueError("the texts tokenize to no tokens: there is nothing to compare")
-    return total / count
-
-
-def _logprobs(model: nn.Module, prompts: list, pad_id: int, device: torch.device) -> torch.Tensor:
-    inputs = batch_inputs([p.input_ids for p in prompts], prompts, pad_id, "right", device)
-    return model(**inputs, use_cache=False).logits.float().log_softmax(-1)
-
-
-def _common_suffix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
-        n += 1
-    return n
+    return compare_runs(model, processing_class, texts, steered=lambda: baseline.applied(model, strength),
+                        base=contextlib.nullcontext, steered_texts=baseline.prepare_texts(texts, strength),
+                        batch_size=batch_size, progress=progress, desc=f"KL of {baseline.name}").kl

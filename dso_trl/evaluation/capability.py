@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..devices import device_of
 from ..scoring import encode_prompts, inference, option_probabilities, tokenizer_of
 from ..steering import Steering
 from .divergence import compare_on_text
@@ -226,7 +227,7 @@ def greedy_answers(model: torch.nn.Module, processing_class: Any, prompts: Seque
     one at a time so no padding changes them."""
     tokenizer = tokenizer_of(processing_class)
     chat = getattr(tokenizer, "chat_template", None) is not None
-    device = next(model.parameters()).device
+    device = device_of(model)
     answers = []
     with inference(model):
         for prompt in prompts:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import device_of
 from ..scoring import (batch_inputs, encode_prompts, inference, row_images, row_option_probabilities,
                        tokenizer_of)
 from .metrics import BiasMetrics, compute_metrics
@@ -89,7 +90,7 @@ def sampled_table(model: torch.nn.Module, processing_class: Any, rows: Sequence[
               "pad_token_id": pad_id, **(generation_kwargs or {})}
     counts = np.zeros((len(rows), max(len(r["options"]) for r in rows)))
     unparsed = np.zeros(len(rows))
-    device = next(model.parameters()).device
+    device = device_of(model)
     with inference(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(rows), batch_size), desc="sampling", disable=not progress):

@@ -3,6 +3,7 @@ JSON and CSV forms. Shared by the sweep that measures them, the plots that draw 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -39,11 +40,19 @@ class SweepPoint:
             row.update({name: getattr(self.capability, name) for name in CAPABILITY_COLUMNS})
         return row
 
+    def record(self, columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """`summary()` (or only its `columns`) ready for JSON: NaN, a figure with no rows to measure, becomes None.
+        The one flat form of a point: the CSV, W&B, baseline curves and the demo's records are all made of it."""
+        row = self.summary()
+        row = row if columns is None else {name: row[name] for name in columns}
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
 
 @dataclass
 class Sweep:
     """Every evaluated point, with the baselines to compare against on the Pareto plot
-    (`[{"name": str, "points": [{"pob", "unambiguous_accuracy", optional "strength"}]}]`, same units: points)."""
+    (`[{"name": str, "points": [{"pob", "unambiguous_accuracy", optional "strength"}]}]`, same units: points; the
+    points `sweep_baseline` measures are `SweepPoint.record()`s)."""
 
     points: list[SweepPoint]
     baselines: list[dict[str, Any]] = field(default_factory=list)

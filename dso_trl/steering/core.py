@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..devices import device_of
 from .config import SteeringConfig
 from .export import export_folded
 from .fold import fold_into_weights, plan_fold
@@ -68,7 +69,7 @@ class Steering:
         self._base_parameter_count = sum(full_numel(p) for p in model.parameters())
         for site in sites:
             module = self._modules[site.name]
-            device = _device_of(module)
+            device = device_of(module)
             if config.use_scale:
                 module.register_parameter(SCALE, nn.Parameter(torch.zeros(site.size, dtype=self.dtype, device=device)))
             if site.name in shift_sites:
@@ -329,12 +330,6 @@ def foldable_shift_sites(model: nn.Module, site_names: list[str]) -> list[str]:
     readers = trace_readers(model, others) if others else {}
     return [name for name in site_names if name in own_bias or readers[name].fold_targets(modules) is not None]
 
-
-def _device_of(module: nn.Module) -> torch.device:
-    tensor = next(iter(module.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 _LIVE_STEERINGS: weakref.WeakSet[Steering] = weakref.WeakSet()

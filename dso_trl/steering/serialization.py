@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..checksummed import read_checked_config, sha256_file
-from ..atomic import write_atomic, write_json_atomic
+from ..checksummed import read_checked_config, write_checked
 from ..version import __version__
 from .config import SteeringConfig
 from .targets import Site, SteeringError, is_norm, norm_size
@@ -43,10 +42,6 @@ def base_model_info(model: nn.Module) -> dict:
 
 
 def save_steering(steering: Steering, path: str | os.PathLike) -> None:
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.contiguous().cpu() for name, tensor in steering.state_dict().items()}
-    write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -68,9 +63,8 @@ def save_steering(steering: Steering, path: str | os.PathLike) -> None:
         "nonzero": steering.nonzero(),
         "sparsity": {"kept": int(sum(int(m.sum()) for m in steering.masks.values())),
                      "total": steering.num_parameters()} if steering.masks else None,
-        "tensors_sha256": sha256_file(folder / WEIGHTS_NAME),
     }
-    write_json_atomic(folder / CONFIG_NAME, metadata)
+    write_checked(Path(path), WEIGHTS_NAME, steering.state_dict(), CONFIG_NAME, metadata)
 
 
 def _read_metadata(folder: Path) -> dict:

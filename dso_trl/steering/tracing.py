@@ -16,6 +16,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from ..devices import device_of
 from .targets import SteeringError
 
 
@@ -81,7 +82,7 @@ def trace_readers(model: nn.Module, site_names: list[str]) -> dict[str, Readers]
 
     handles = [modules[name].register_forward_hook(record_output(name)) for name in site_names]
     handles += [m.register_forward_pre_hook(record_linear(n)) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    device = next(model.parameters()).device
+    device = device_of(model)
     input_ids = torch.arange(1, 5, device=device).unsqueeze(0)
     try:
         with _ReaderMode(outputs, readers):

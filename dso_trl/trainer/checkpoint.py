@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..atomic import write_atomic, write_json_atomic
+from ..atomic import write_json_atomic
+from ..checksummed import write_tensors
 
 OPTIMIZER = "optimizer"
 SCALER = "scaler"
@@ -53,7 +54,7 @@ def save_tree(folder: Path, stem: str, tree: Any) -> None:
     """Save a nested structure of tensors, arrays and JSON values as `<stem>.safetensors` + `<stem>.json`."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(tree, "", tensors)
-    write_atomic(folder / f"{stem}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    write_tensors(folder / f"{stem}.safetensors", tensors)
     write_json_atomic(folder / f"{stem}.json", skeleton)
 
 

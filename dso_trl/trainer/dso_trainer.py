@@ -12,11 +12,11 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
-from trl.trainer.utils import create_model_from_path
 
 from ..atomic import write_json_atomic
 from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
 from ..model_card import write_model_card
+from ..models import create_model
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, prefills_as_text,
                        row_option_probabilities, tokenizer_of)
 from ..steering import Steering
@@ -92,10 +92,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
             raise ValueError("sync_ref_model=True is not supported by DSOTrainer: its reference is the base model "
                              "(the steering disabled), which training never changes")
         if isinstance(model, str):
-            model_init_kwargs = dict(args.model_init_kwargs or {})
-            if args.distributed_state.distributed_type in ["MULTI_GPU", "DEEPSPEED"]:
-                model_init_kwargs["device_map"] = None
-            model = create_model_from_path(model, **model_init_kwargs)
+            model = create_model(model, args)
         if steering is None:
             steering = Steering.attach(model, args.steering_config())
         elif steering.model is not model:
@@ -206,7 +203,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
     # ------------------------------------------------------------------ saving: the steering only, no pickle
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
-        with self._gathered_steering():
+        with self.gathered_steering():
             if self.args.should_save:
                 self.steering.save_pretrained(output_dir)
                 if self.processing_class is not None:
@@ -233,8 +230,9 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
             details={"estimator": self.args.estimator, "learning rate": f"{self.args.learning_rate:g}",
                      "batch size (per device)": self.args.per_device_train_batch_size, "seed": self.args.seed})
 
-    def _gathered_steering(self):
-        """On DeepSpeed ZeRO-3 the steering vectors are partitioned: gather them (on every rank) while saving."""
+    def gathered_steering(self):
+        """On DeepSpeed ZeRO-3 the steering vectors are partitioned: a context that gathers them whole (on every rank)
+        for saving or evaluating the steering (the recipes' sweep); elsewhere it does nothing."""
         if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
             import deepspeed
 

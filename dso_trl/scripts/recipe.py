@@ -1,6 +1,7 @@
-"""What the DSO recipes (`dso_llm_coref.py`, `dso_qwen_vl.py`) share: the common script arguments, the parser, loading
-the model, processor and reward functions, and what happens after training (save the steering, λ sweep on the test
-split, model card, W&B, Hub). Not part of the dso_trl package: copy a recipe together with this file to adapt it.
+"""What the DSO recipes (`recipes/dso_llm_coref.py`, `recipes/dso_qwen_vl.py`) share: the common script arguments,
+the parser, loading the model, processor and reward functions, and what happens after training (save the steering, λ
+sweep on the test split, model card, W&B, Hub). Part of the package, so a recipe is one file that imports it: copy a
+recipe to adapt it.
 
 This module never imports deepspeed: under `accelerate launch` with a DeepSpeed config, accelerate and transformers
 import it themselves.
@@ -15,33 +16,29 @@ from typing import Any
 from datasets import DatasetDict
 from transformers import AutoProcessor
 from trl import ModelConfig, ScriptArguments, TrlParser
-from trl.trainer.utils import create_model_from_path
 
-from dso_trl import DSOConfig, DSOTrainer
-from dso_trl.evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
-from dso_trl.dotted import import_object
-from dso_trl.model_card import write_model_card
-from dso_trl.rewards.common import load_reward_funcs
-from dso_trl.tasks import parse_choice
+from ..dotted import import_object
+from ..evaluation import CapabilitySuite, EvaluationConfig, Sweep, run_sweep
+from ..model_card import write_model_card
+from ..models import create_model
+from ..rewards.common import load_reward_funcs
+from ..tasks import parse_choice
+from ..trainer import DSOConfig, DSOTrainer
+from .arguments import TrainRowArguments
 
-DEFAULT_REWARDS = ("dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward")
 DEFAULT_SWEEP_STRENGTHS = (0.0, 0.5, 1.0)
 SWEEP_DIR = "sweep"
 
 
 @dataclass
-class DSOScriptArguments(ScriptArguments):
-    """Arguments every DSO recipe takes, besides `DSOConfig` (training) and `ModelConfig` (model).
+class DSOScriptArguments(ScriptArguments, TrainRowArguments):
+    """Arguments every DSO recipe takes, besides `DSOConfig` (training) and `ModelConfig` (model): the task rows and
+    rewards of `dso-trl train` (`TrainRowArguments`), the processor, and the sweep after training.
 
     The data come from `dso_trl.tasks` (each recipe adds its task's options), so `dataset_name` / `dataset_config`
     are not used; `dataset_train_split` / `dataset_test_split` name the splits to train and evaluate on.
     """
 
-    reward_funcs: list[str] = field(
-        default_factory=lambda: list(DEFAULT_REWARDS),
-        metadata={"help": "Reward functions as dotted import paths (the current directory is importable): a class is "
-                  "instantiated without arguments, a function is used as it is. Weigh them with `reward_weights`."},
-    )
     processor_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Where to load the tokenizer/processor from (default: model_name_or_path)."},
@@ -51,12 +48,6 @@ class DSOScriptArguments(ScriptArguments):
         metadata={"help": "Dotted path of the class whose `from_pretrained` loads the processing class (default: "
                   "transformers.AutoProcessor), e.g. a processor without video support where torchvision is missing."},
     )
-    task_seed: int = field(default=0, metadata={"help": "Seed of the task's splits, sampling and option order."})
-    n_train: int | None = field(default=480, metadata={"help": "Ambiguous training rows, balanced per occupation."})
-    n_train_unambiguous: int | None = field(
-        default=480, metadata={"help": "Unambiguous training rows (they keep the model using explicit cues)."})
-    n_test: int | None = field(default=None, metadata={"help": "Ambiguous test rows (default: all)."})
-    n_test_unambiguous: int | None = field(default=None, metadata={"help": "Unambiguous test rows (default: all)."})
     both_orders: bool = field(default=False, metadata={"help": "Show every item in both option orders."})
     sweep_strengths: list[float] = field(
         default_factory=lambda: list(DEFAULT_SWEEP_STRENGTHS),
@@ -94,24 +85,9 @@ def check_arguments(script_args: DSOScriptArguments, model_args: ModelConfig) ->
 
 def load_model(model_args: ModelConfig, training_args: DSOConfig):
     """The base model, as TRL's scripts load it (`ModelConfig` options, `model_init_kwargs` on top)."""
-    kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                  attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
-    kwargs.update(training_args.model_init_kwargs or {})
-    if training_args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
-        kwargs["device_map"] = None  # each process holds its replica (or ZeRO shard); accelerate places it
-    # Under ZeRO-3 with `zero3_init_flag`, `from_pretrained` builds the model inside deepspeed.zero.Init (DSOConfig,
-    # parsed before this call, registered the DeepSpeed config): every weight is an empty placeholder. The steering
-    # takes each norm's size from the weight's `ds_shape` (dso_trl.steering.targets.norm_size), not from its data.
-    model = create_model_from_path(model_args.model_name_or_path, **kwargs)
-    # DeepSpeed fills its hidden-size-based "auto" values (reduce_bucket_size, stage3_prefetch_bucket_size,
-    # stage3_param_persistence_threshold) from `model.config.hidden_size`. Qwen2.5-VL's top-level config (like other
-    # VLMs') has none, only `text_config.hidden_size`, and accelerate's DeepSpeed preparation then fails on those
-    # "auto" values. Copy the language model's size up before the trainer is built; the model itself reads its sizes
-    # from `text_config`, so nothing else changes.
-    text_config = model.config.get_text_config()
-    if not hasattr(model.config, "hidden_size") and hasattr(text_config, "hidden_size"):
-        model.config.hidden_size = text_config.hidden_size
-    return model
+    return create_model(model_args.model_name_or_path, training_args, revision=model_args.model_revision,
+                        trust_remote_code=training_args.trust_remote_code,
+                        attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
 
 
 def load_processing_class(script_args: DSOScriptArguments, model_args: ModelConfig, training_args: DSOConfig):
@@ -152,7 +128,7 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
                                   progress=accelerator.is_main_process and not training_args.disable_tqdm)
         # Every rank evaluates the same rows: under ZeRO-3 each forward pass needs all ranks, and the steering vectors
         # are gathered whole for the sweep, which reads, changes and restores them. Only the main rank writes.
-        with trainer._gathered_steering():
+        with trainer.gathered_steering():
             sweep = run_sweep(trainer.steering, processing_class, test_rows, strengths=script_args.sweep_strengths,
                               config=config, parser=parse_choice,
                               capability=CapabilitySuite(processing_class) if script_args.sweep_capability else None,
@@ -182,8 +158,8 @@ def train_and_report(script_args: DSOScriptArguments, training_args: DSOConfig, 
                                 details=details)
         accelerator.print(f"Model card written to {card}")
         if sweep is not None and "wandb" in (training_args.report_to or []):
-            from dso_trl.evaluation.plots import written_plots
-            from dso_trl.tracking import log_sweep
+            from ..evaluation.plots import written_plots
+            from ..tracking import log_sweep
 
             # The trainer's W&B run (`wandb.run`) gets the sweep table, the λ curves, the plots and the summary.
             log_sweep(sweep, written_plots(sweep_dir),
