@@ -58,7 +58,7 @@ class TaskArguments:
     data_path: str | None = field(
         default=None,
         metadata={"help": "The task's data: your SynthBias CSV (synthbias, required), or a SocialCounterfactuals-style "
-                  "image folder (occupation_pairs; default: the synthetic generator)."},
+                  "image folder or its parquet shards (occupation_pairs; default: the synthetic generator)."},
     )
     n_test: int | None = field(default=400, metadata={"help": "Held-out ambiguous rows (None: all)."})
     n_test_unambiguous: int | None = field(default=400, metadata={"help": "Held-out unambiguous rows (None: all)."})
