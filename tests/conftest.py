@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers.processing_utils import ProcessorMixin
+
+from dso_trl.biased_vlm import ImageOnlyQwen2_5_VLProcessor  # noqa: F401 (re-exported: recipes tests name it here)
 
 # Tiny models gain nothing from intra-op threads, and OpenMP threads spinning against another busy process (the
 # 2-process DDP test, a parallel job) can slow a test twenty-fold: one thread keeps timings steady.
@@ -127,16 +128,6 @@ def model_dir(tmp_path_factory, tokenizer) -> str:
     make_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
-
-
-class ImageOnlyQwen2_5_VLProcessor(tf.Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without its video processor, which needs torchvision (not installed on CPU)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
 @pytest.fixture(scope="session")
