@@ -58,7 +58,7 @@ class TaskArguments(RowArguments):
     data_path: str | None = field(
         default=None,
         metadata={"help": "The task's data: your SynthBias CSV (synthbias, required), or a SocialCounterfactuals-style "
-                  "image folder (occupation_pairs; default: the synthetic generator)."},
+                  "image folder or its parquet shards (occupation_pairs; default: the synthetic generator)."},
     )
 
     def load_split(self, split: str, **sizes: int | None):

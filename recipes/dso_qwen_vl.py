@@ -33,7 +33,7 @@ Launch (from the repository root; add `--report_to wandb` to log to Weights & Bi
     python recipes/dso_qwen_vl.py --config recipes/configs/dso_qwen_vl.yaml --model_name_or_path path/to/model
 
 Without torchvision, transformers cannot build Qwen2.5-VL's video processor and AutoProcessor fails; install
-torchvision, or pass `--processor_class` naming a processor class that needs no video processor.
+torchvision, or pass `--processor_class dso_trl.biased_vlm.ImageOnlyQwen2_5_VLProcessor` (no video part).
 
 Every option of `DSOConfig` (GRPOConfig + steering), `ModelConfig` and `VisionScriptArguments` below can be set in the
 YAML file or on the command line (which wins); `--help` lists them.
@@ -57,7 +57,8 @@ class VisionScriptArguments(DSOScriptArguments):
     data_path: str | None = field(
         default=None,
         metadata={"help": "SocialCounterfactuals-style folder (pictures + metadata.csv/.jsonl with file, occupation, "
-                  "gender, race). Default: drawn figures."},
+                  "gender, race), or the published SocialCounterfactuals parquet shards (a file or their folder). "
+                  "Default: drawn figures."},
     )
     metadata: str | None = field(default=None, metadata={"help": "Metadata file, if not <data_path>/metadata.*"})
     errors: str = field(default="raise", metadata={"help": "Malformed metadata rows: raise, or skip (and list them).",

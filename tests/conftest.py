@@ -7,8 +7,8 @@ from typing import Sequence
 import pytest
 import torch
 import transformers as tf
-from transformers.processing_utils import ProcessorMixin
 
+from dso_trl.biased_vlm import ImageOnlyQwen2_5_VLProcessor
 from dso_trl.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, word_tokenizer
 
 # Tiny models gain nothing from intra-op threads, and OpenMP threads spinning against another busy process (the
@@ -117,16 +117,6 @@ def model_dir(tmp_path_factory, tokenizer) -> str:
     make_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
-
-
-class ImageOnlyQwen2_5_VLProcessor(tf.Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without its video processor, which needs torchvision (not installed on CPU)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
 @pytest.fixture(scope="session")

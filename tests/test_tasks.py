@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -10,9 +11,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_model
+from datasets import Dataset, Features, Value
+from datasets import Image as DatasetImage
 from PIL import Image
 from trl.data_utils import prepare_multimodal_messages
 
@@ -486,6 +491,91 @@ def test_folder_jsonl_and_missing_paths(folder, tmp_path_factory):
         load_task("occupation_pairs", path=empty / "missing")
     with pytest.raises(ValueError, match="occupations= selects drawn figures"):
         load_task("occupation_pairs", path=folder, occupations=["nurse"])
+
+
+def write_shard(path: Path, rows: list[dict], image_feature: bool = True) -> Path:
+    """A parquet shard as `datasets` writes SocialCounterfactuals' (image: struct {bytes, path}), or with raw bytes."""
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    if image_feature:
+        Dataset.from_dict(columns, features=Features({name: DatasetImage() if name == "image" else Value("string")
+                                                      for name in columns})).to_parquet(path)
+    else:
+        pq.write_table(pa.table(columns), path)
+    return path
+
+
+def counterfactual_rows(race: str = "White") -> list[dict]:
+    """SocialCounterfactuals-style rows: 4 pictures per nurse/farmer x gender, and 2 race x physical rows."""
+    rows = []
+    for occupation in ("nurse", "farmer"):
+        for gender in ("male", "female"):
+            for k in range(4):
+                rows.append(dict(image=draw_person(occupation, gender, "light", k).resize((32, 48)),
+                                 caption=f"A picture of a {race} {gender} {occupation}", a1_type="race", a1=race,
+                                 a2_type="gender", a2=gender, counterfactual_set=f"race_gender_{occupation}_{k}"))
+    return rows + [dict(rows[0], a1_type="physical", a1="obese", a2_type="race", a2="Black")] * 2
+
+
+def test_parquet_shards_in_socialcounterfactuals_layout(tmp_path):
+    write_shard(tmp_path / "train-00000-of-00002.parquet", counterfactual_rows()[:9])
+    write_shard(tmp_path / "train-00001-of-00002.parquet", counterfactual_rows("Middle Eastern")[9:])
+    data = load_task("occupation_pairs", path=tmp_path, n_train=None, n_train_unambiguous=None, n_test=None,
+                     n_test_unambiguous=None, panel_size=(28, 28))
+    sources = {f for split in data.values() for s in split["source"] for f in s.split(" | ")}
+    assert len(sources) == 16 and "train-00001-of-00002.parquet row 0" in sources  # the 2 physical rows passed over
+    assert data["train"][0]["image"].size == (56, 28)
+    assert set(data["test"]["occupation"]) == {"nurse", "farmer"} and Counter(data["test"]["ambiguous"])[False] == 8
+    one = load_task("occupation_pairs", path=tmp_path / "train-00000-of-00002.parquet", n_train=None,
+                    n_train_unambiguous=None, n_test=None, n_test_unambiguous=None)
+    assert {f.split(" row")[0] for s in one["train"]["source"] for f in s.split(" | ")} == \
+        {"train-00000-of-00002.parquet"}
+
+
+def test_parquet_columns_are_configurable(tmp_path):
+    rows = [dict(picture=row["image"], job=row["caption"].split()[-1], sex=row["a2"], ethnicity=row["a1"])
+            for row in counterfactual_rows()[:16]]
+    for row in rows:
+        buffer = io.BytesIO()
+        row["picture"].save(buffer, format="PNG")
+        row["picture"] = buffer.getvalue()
+    write_shard(tmp_path / "shard.parquet", rows, image_feature=False)
+    columns = {"image": "picture", "occupation": "job", "gender": "sex", "race": "ethnicity"}
+    data = load_task("occupation_pairs", path=tmp_path, parquet_columns=columns, n_train=None, n_test=None)
+    assert len(data["train"]) == 4 and set(data["train"]["occupation"]) == {"nurse", "farmer"}
+    with pytest.raises(ValueError, match=r"shard.parquet: no column\(s\) image, caption, a1_type.*picture"):
+        load_task("occupation_pairs", path=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown parquet column field\(s\) \['file'\]"):
+        load_task("occupation_pairs", path=tmp_path, parquet_columns={"file": "picture"})
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(caption="A picture of a White male plumber", a2="male"), "row 3: unknown occupation 'plumber'"),
+    (dict(caption="A nurse"), "row 3: caption 'A nurse' holds none of the attribute values"),
+    (dict(a2="other"), "row 3: gender must be"),
+])
+def test_parquet_errors_name_the_shard_and_row(tmp_path, caplog, change, message):
+    rows = counterfactual_rows()[:16]
+    rows[3] = dict(rows[3], **change)
+    write_shard(tmp_path / "shard.parquet", rows)
+    with pytest.raises(TaskDataError, match=f"shard.parquet {message}"):
+        load_task("occupation_pairs", path=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        data = load_task("occupation_pairs", path=tmp_path, errors="skip", n_train=2, n_test=None)
+    assert len(data.skipped) == 1 and "skipped 1 malformed" in caplog.text
+
+
+def test_parquet_broken_pictures_name_the_row(tmp_path):
+    rows = [dict(row, image=b"png?") if k == 5 else row for k, row in enumerate(counterfactual_rows()[:16])]
+    for row in rows:
+        if not isinstance(row["image"], bytes):
+            buffer = io.BytesIO()
+            row["image"].save(buffer, format="PNG")
+            row["image"] = buffer.getvalue()
+    write_shard(tmp_path / "shard.parquet", rows, image_feature=False)
+    with pytest.raises(TaskDataError, match="shard.parquet row 5: image cannot be decoded"):
+        load_task("occupation_pairs", path=tmp_path)
+    with pytest.raises(ValueError, match="parquet_columns= names the columns of parquet shards, but .* holds none"):
+        load_task("occupation_pairs", path=tmp_path / "elsewhere", parquet_columns={})
 
 
 # --- the rows feed the project's exact scorer (tiny random models from conftest) ------------------------------------

@@ -6,19 +6,22 @@ different occupations (and different genders, same race where possible): one ans
 asked-about person's, so accuracy can be compared on pro- and anti-stereotypical pictures.
 
 Pictures come from a local SocialCounterfactuals-style folder (images plus a metadata CSV or JSONL with columns
-`file, occupation, gender, race`) or, without a folder, from drawn figures (`figures.draw_person`). The prompt is
+`file, occupation, gender, race`), from parquet shards as SocialCounterfactuals publishes them (`shards`: a .parquet
+file or a folder of them; other column names via `parquet_columns`) or, without a path, from drawn figures
+(`figures.draw_person`). The prompt is
 one user turn whose content is an image placeholder then the question, the structured form that TRL 1.16's
 GRPOTrainer fills from the `image` column (`prepare_multimodal_messages`) and that processors' chat templates read.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from datasets import DatasetDict
 from PIL import Image, ImageOps
@@ -28,6 +31,7 @@ from ..occupations import canonical_occupation, known_occupations, stereotype_ge
 from .figures import RACES, draw_person
 from .rows import GENDERS, RowErrors, dataset_dict, make_row
 from .sampling import balanced_sample, rng
+from .shards import ParquetColumns, parquet_records, parquet_shards
 
 QUESTION = "Which person is the {occupation}? Answer left or right."
 OPTIONS = ["left", "right"]
@@ -40,7 +44,8 @@ _GENDER_WORDS = {"male": "male", "man": "male", "men": "male", "m": "male",
 
 @dataclass(frozen=True)
 class Person:
-    """One picture of one person: a file (folder data), or a drawn figure (`file` None), made when first needed."""
+    """One picture of one person: a file (folder data), encoded bytes (parquet data), or a drawn figure (`file` and
+    `data` None), made when first needed."""
 
     file: Path | None
     occupation: str
@@ -48,31 +53,45 @@ class Person:
     race: str
     source: str
     variant: int = 0
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     def image(self) -> Image.Image:
+        if self.data is not None:
+            with Image.open(io.BytesIO(self.data)) as image:
+                return image.convert("RGB")
         if self.file is None:
             return draw_person(self.occupation, self.gender, self.race, self.variant)
         with Image.open(self.file) as image:
             return image.convert("RGB")
 
 
-def read_people(folder: str | os.PathLike, metadata: str | os.PathLike | None = None,
-                errors: str = "raise") -> tuple[list[Person], list[str]]:
-    """(people, skipped rows) listed in the folder's metadata file (`metadata.csv`/`.jsonl` unless given)."""
+def read_people(folder: str | os.PathLike, metadata: str | os.PathLike | None = None, errors: str = "raise",
+                parquet_columns: ParquetColumns | Mapping[str, Any] | None = None) -> tuple[list[Person], list[str]]:
+    """(people, skipped rows) listed in the folder's metadata file (`metadata.csv`/`.jsonl` unless given), or in the
+    parquet shards `folder` is or holds (when it has no metadata file)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    if metadata is None:
-        found = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
-        if not found:
-            raise FileNotFoundError(f"no metadata file in {folder}: expected one of {', '.join(METADATA_NAMES)}")
-        metadata = found[0]
-    metadata = Path(metadata)
-    if not metadata.is_file():
-        raise FileNotFoundError(f"metadata file not found: {metadata}")
-    policy = RowErrors(errors, f"image metadata {metadata}")
+    found = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
+    shards = parquet_shards(folder) if metadata is None and not found and folder.exists() else []
+    if parquet_columns is not None and not shards:
+        raise ValueError(f"parquet_columns= names the columns of parquet shards, but {folder} holds none")
+    if shards:
+        policy = RowErrors(errors, f"parquet shards {folder}")
+        records = parquet_records(shards, ParquetColumns.of(parquet_columns))
+    else:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {folder}")
+        if metadata is None:
+            if not found:
+                raise FileNotFoundError(f"no metadata file in {folder}: expected one of {', '.join(METADATA_NAMES)}"
+                                        " (or .parquet shards)")
+            metadata = found[0]
+        metadata = Path(metadata)
+        if not metadata.is_file():
+            raise FileNotFoundError(f"metadata file not found: {metadata}")
+        policy = RowErrors(errors, f"image metadata {metadata}")
+        records = _records(metadata)
     people = []
-    for where, record in _records(metadata):
+    for where, record in records:
         try:
             people.append(_person(folder, record, where))
         except ValueError as error:  # includes UnknownOccupationError
@@ -105,14 +124,15 @@ def _person(folder: Path, record: dict, where: str) -> Person:
     missing = [key for key in ("file", "occupation", "gender") if not str(record.get(key) or "").strip()]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    path = folder / str(record["file"]).strip()
-    if not path.is_file():
+    data = record.get("image")  # parquet records carry the picture; folder records name a file
+    path = None if data else folder / str(record["file"]).strip()
+    if path is not None and not path.is_file():
         raise ValueError(f"image file not found: {path}")
     gender = _GENDER_WORDS.get(str(record["gender"]).strip().lower())
     if gender is None:
         raise ValueError(f"gender must be male/man or female/woman, got {record['gender']!r}")
     return Person(path, canonical_occupation(str(record["occupation"])), gender, str(record.get("race") or "").strip(),
-                  str(record["file"]).strip())
+                  str(record["file"]).strip(), data=data)
 
 
 def drawn_people(occupations: Sequence[str], per_group: int, split: str) -> list[Person]:
@@ -209,13 +229,16 @@ def load_occupation_pairs(path: str | os.PathLike | None = None, *, seed: int = 
                           n_test_unambiguous: int | None = None, both_orders: bool = False, test_fraction: float = 0.5,
                           metadata: str | os.PathLike | None = None, errors: str = "raise",
                           panel_size: tuple[int, int] | None = None, occupations: Sequence[str] | None = None,
-                          figures_per_group: int = 5) -> DatasetDict:
-    """Image pairs from the folder `path`, or from drawn figures when `path` is None; sizes count pairs per kind.
+                          figures_per_group: int = 5,
+                          parquet_columns: ParquetColumns | Mapping[str, Any] | None = None) -> DatasetDict:
+    """Image pairs from `path` (a folder with a metadata file; parquet shards: a .parquet file or a folder of them,
+    with columns named by `parquet_columns`, default SocialCounterfactuals'), or from drawn figures when `path` is
+    None; sizes count pairs per kind.
 
     Drawn figures: `figures_per_group` per occupation x gender x race and split, over `occupations` (default: every
     known occupation); 5 gives 15 ambiguous pairs per occupation, enough for 600 balanced over the 40 defaults.
-    Folder: people are split train/test by `test_fraction` within each occupation x gender x race. `panel_size`
-    (width, height) of each half defaults to the drawn figures' 112x168, or 224x224 for folder pictures.
+    Folder or shards: people are split train/test by `test_fraction` within each occupation x gender x race.
+    `panel_size` (width, height) of each half defaults to the drawn figures' 112x168, or 224x224 for real pictures.
     """
     skipped: list[str] = []
     if path is not None and occupations is not None:
@@ -225,7 +248,7 @@ def load_occupation_pairs(path: str | os.PathLike | None = None, *, seed: int = 
         people = {split: drawn_people(names, figures_per_group, split) for split in ("train", "test")}
         panel_size = panel_size or (112, 168)
     else:
-        everyone, skipped = read_people(path, metadata, errors)
+        everyone, skipped = read_people(path, metadata, errors, parquet_columns)
         people = _split_people(everyone, test_fraction, seed)
         panel_size = panel_size or (224, 224)
     splits = {}
