@@ -23,12 +23,15 @@ def curves(*trainings: dict) -> dict:
     """The plotted points: per method, its evaluations (step, training clock, POB, accuracy), its end state and its
     training options. Several results files may each hold some of the methods (e.g. a sampled run with smaller steps
     than the exact one); they must share the model, task and base figures."""
+    def identity(training: dict) -> dict:
+        return {"model": training["model"], "task": training["config"]["task"],
+                "base_pob": training["target"]["base_pob"]}
+
     first = trainings[0]
     out = {"model": first["model"], "target": first["target"], "task": first["config"]["task"], "methods": {}}
     for training in trainings:
-        for key, value in (("model", training["model"]), ("task", training["config"]["task"]),
-                           ("base_pob", training["target"]["base_pob"])):
-            if value != (out["target"]["base_pob"] if key == "base_pob" else out[key]):
+        for key, value in identity(training).items():
+            if value != identity(first)[key]:
                 raise ValueError(f"the training results differ in {key}: {value!r} vs the first file's")
         for method in METHODS:
             result = training["methods"].get(method)

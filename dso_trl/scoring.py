@@ -252,7 +252,6 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0
 
 
-
 @contextlib.contextmanager
 def inference(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (no dropout) and no graph for the block; the model's training flag is restored after."""
