@@ -10,10 +10,8 @@ needs no model runs before the model loads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +19,12 @@ from typing import Any, Callable, Sequence
 
 from .evaluation import DEFAULT_STRENGTHS
 from .evaluation.metrics import points_text as points
-from .scripts.arguments import RowArguments, TrainRowArguments
+from .scripts.arguments import DataArguments
 
 COMMANDS = {
     "demo": "DSO end to end on SmolLM2 (or --model): measure, train, measure on held-out wording, sweep λ.",
-    "train": "Train a steering with DSOTrainer on a task; writes <output_dir>/steering.",
+    "train": "Train a steering with DSOTrainer on a task (dso_trl.scripts.dso, as the recipes); writes "
+             "<output_dir>/steering.",
     "evaluate": "Bias and accuracy of a model, steered (--steering DIR, --strength λ) or not; writes metrics.json.",
     "sweep": "Evaluate a steering over a λ grid (and sparsities), with baselines; writes sweep.json/.csv and plots.",
     "export": "Fold a steering into the weights at λ and write a standalone model folder any server loads.",
@@ -35,45 +34,20 @@ COMMANDS = {
 DEBUG_ENV = "DSO_TRL_DEBUG"
 # Errors a user can act on: one line without a traceback. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, ImportError)
-# `dso-trl train` defaults to the README's recipe (the demo's): GRPOConfig's own defaults (sampled estimator,
-# 512-token completions) make a one-word answer cost minutes per step on a CPU. `max_completion_length` None is the
-# task's longest answer.
-TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=2e-3, per_device_train_batch_size=32, num_generations=2,
-                      max_steps=100, scale_rewards="none", text_kl_coef=3.0, gradient_checkpointing=False,
-                      max_completion_length=None, output_dir="outputs/train", logging_steps=10, save_steps=20)
+
 
 
 @dataclass
-class TaskArguments(RowArguments):
-    """Which model, and which task rows (docs/SCHEMA.md) it is measured or trained on."""
+class TaskArguments(DataArguments):
+    """Which model, and which task rows (docs/SCHEMA.md) it is measured on."""
 
     model: str | None = field(
         default=None, metadata={"help": "A local Hugging Face model folder (default: SmolLM2-135M-Instruct)."}
     )
-    task: str = field(
-        default="pronoun",
-        metadata={"help": "The task (see dso_trl.tasks).", "choices": ["pronoun", "winobias", "synthbias",
-                                                                       "occupation_pairs"]},
-    )
-    data_path: str | None = field(
-        default=None,
-        metadata={"help": "The task's data: your SynthBias CSV (synthbias, required), or a SocialCounterfactuals-style "
-                  "image folder or its parquet shards (occupation_pairs; default: the synthetic generator)."},
-    )
 
     def load_split(self, split: str, **sizes: int | None):
         """The task's `split` as a `datasets.Dataset` of schema rows."""
-        from .tasks import load_task
-
-        options: dict[str, Any] = {"seed": self.task_seed, "n_test": self.n_test,
-                                   "n_test_unambiguous": self.n_test_unambiguous, **sizes}
-        if self.task in ("synthbias", "occupation_pairs"):
-            if self.task == "synthbias" and not self.data_path:
-                raise SystemExit("--task synthbias needs --data_path pointing at your SynthBias CSV")
-            options["path"] = self.data_path
-        elif self.data_path:
-            raise SystemExit(f"--data_path is not used by --task {self.task} (its data ship with dso_trl)")
-        return load_task(self.task, **options)[split]
+        return self.load_task(**sizes)[split]
 
 
 @dataclass
@@ -154,18 +128,6 @@ class SweepArguments(EvaluationArguments):
     output_dir: str = field(default="outputs/sweep", metadata={"help": "Where sweep.json/.csv and the plots go."})
 
 
-@dataclass
-class TrainArguments(TaskArguments, TrainRowArguments):
-    """`train`: the task's training rows and rewards (the recipes' too); every DSOConfig option (learning_rate,
-    max_steps, estimator, …) as well."""
-
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Start over in an output_dir that holds checkpoints (they are removed first); without it "
-                  "such a run is refused, and --resume_from_checkpoint continues it."},
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -191,25 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"dso-trl {command}: error: {message} (--debug shows the traceback)") from error
 
 
-def _parse(command: str, types: tuple, argv: list[str], defaults: dict[str, Any] | None = None,
-           description: str = "") -> tuple:
-    from trl import TrlParser
+def _parse(command: str, types: tuple, argv: list[str]) -> tuple:
+    from .scripts.parser import DSOParser
 
-    class Parser(TrlParser):
-        def error(self, message: str):  # argparse prints the whole usage (a hundred lines for train) first
-            raise SystemExit(f"{self.prog}: error: {message} ({self.prog} --help lists the options)")
-
-    parser = Parser(types, prog=f"dso-trl {command}", description=f"{COMMANDS[command]} {description}".strip())
-    for action in parser._actions:  # `--no_x` is `--x false`: one help entry per option
-        if action.option_strings and all(option.startswith(("--no_", "--no-")) for option in action.option_strings):
-            action.help = argparse.SUPPRESS
-    parser.set_defaults(**(defaults or {}))
-    *parsed, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return tuple(parsed)
-
-
+    return DSOParser(types, prog=f"dso-trl {command}", description=COMMANDS[command]).parse_args_and_config(argv)
 
 
 def _demo(argv: list[str]) -> None:
@@ -220,41 +167,13 @@ def _demo(argv: list[str]) -> None:
 
 
 def _train(argv: list[str]) -> None:
-    from .models import load_model
-    from .rewards.common import load_reward_funcs
-    from .trainer import DSOConfig, DSOTrainer
-    from .trainer.resume import checkpoints, refuse_overwrite, resolve_resume
+    from .scripts.dso import TRAIN_DEFAULTS, main, make_parser
 
     recipe = " ".join(f"--{k} {v}" for k, v in TRAIN_DEFAULTS.items() if v is not None)
-    args, config = _parse("train", (TrainArguments, DSOConfig), argv, TRAIN_DEFAULTS,
-                          f"Defaults (the README's recipe): {recipe}; --max_completion_length: the task's longest "
-                          "answer.")
-    # everything that needs no model first: a mistake costs seconds, not a model load
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-    if resume is None and args.overwrite_output_dir:
-        if config.should_save:
-            for folder in checkpoints(config.output_dir):
-                shutil.rmtree(folder)
-    elif resume is None:
-        refuse_overwrite(config.output_dir)
-    reward_funcs = load_reward_funcs(args.reward_funcs)
-    rows = args.load_split("train", n_train=args.n_train, n_train_unambiguous=args.n_train_unambiguous)
-    model, processing_class = load_model(args.model)
-    if config.max_completion_length is None:
-        config.max_completion_length = _longest_answer_tokens(rows, processing_class)
-    trainer = DSOTrainer(model, reward_funcs, args=config, train_dataset=rows, processing_class=processing_class)
-    trainer.train(resume_from_checkpoint=resume)
-    steering_dir = Path(config.output_dir) / "steering"
-    trainer.save_model(str(steering_dir))
-    if config.should_save:
-        print(f"steering and its model card saved to {steering_dir} (after {trainer.state.global_step} steps)")
-
-
-def _longest_answer_tokens(rows, processing_class) -> int:
-    """Tokens of the longest answer option of `rows`: all a sampled completion needs to say on a closed-choice task."""
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    answers = {text for row in rows for text in row["option_completions"]}
-    return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in answers)
+    parser = make_parser(prog="dso-trl train", skip_sweep=True,
+                         description=f"{COMMANDS['train']} Defaults (the README's recipe): {recipe}; "
+                         "--max_completion_length: the task's longest answer; --skip_sweep true.")
+    main(*parser.parse_args_and_config(argv))
 
 
 def _check_steering(args: EvaluationArguments) -> None:

@@ -121,6 +121,12 @@ def create_model(name_or_path: str, args: DSOConfig | None = None, **kwargs: Any
     return model
 
 
+def model_path(name_or_path: str) -> str:
+    """Where to load `name_or_path` from: SmolLM2's cached folder for its Hub id (offline, built on first use), else
+    `name_or_path` itself."""
+    return str(smollm2_folder()) if name_or_path == SMOLLM2_ID else name_or_path
+
+
 def load_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32):
     """(model, processing_class) in eval mode for the CLI and benchmarks: SmolLM2 when `name_or_path` is None (or its
     Hub id), else a Hugging Face model folder or id loaded by `create_model` on the CPU, with its tokenizer, or for a

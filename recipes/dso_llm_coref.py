@@ -3,8 +3,10 @@
 The model is frozen; a steering (a per-neuron affine map on every norm output of the backbone) is trained with
 `DSOTrainer` on multiple-choice rows ("who does 'she' refer to? A. the nurse B. the farmer"). Ambiguous rows (WinoBias
 type 1, SynthBias type 1) get the gender-parity reward, unambiguous ones the accuracy reward. After training the
-steering is saved to `--output_dir`, a λ sweep on the test split goes to `<output_dir>/sweep` (JSON, CSV, PNG) and a
-model card to `<output_dir>/README.md`; with `--report_to wandb` the sweep is logged to the training run too.
+steering and its model card are saved to `<output_dir>/steering` and a λ sweep on the test split goes to
+`<output_dir>/sweep` (JSON, CSV, PNG); with `--report_to wandb` the sweep is logged to the training run too. Training,
+saving, resuming and the sweep are `dso_trl.scripts.dso.main`, the same as `dso-trl train`: this file holds only the
+task's options, data and defaults.
 
 Launch (from the repository root; add `--report_to wandb` to log to Weights & Biases):
 
@@ -30,8 +32,8 @@ Launch (from the repository root; add `--report_to wandb` to log to Weights & Bi
     # or without accelerate, on whatever device there is
     python recipes/dso_llm_coref.py --config recipes/configs/dso_llm_coref.yaml --model_name_or_path path/to/model
 
-Every option of `DSOConfig` (GRPOConfig + steering), `ModelConfig` and `CorefScriptArguments` below can be set in the
-YAML file or on the command line (which wins); `--help` lists them.
+Every option of `DSOConfig` (GRPOConfig + steering), `ModelConfig` (`--model` is `--model_name_or_path`) and
+`CorefScriptArguments` below can be set in the YAML file or on the command line (which wins); `--help` lists them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dso_trl.scripts.recipe import DSOScriptArguments, make_recipe_parser, train_and_report
+from dso_trl.scripts import dso
 from dso_trl.tasks import load_task
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -47,7 +49,7 @@ TASKS = ("winobias", "synthbias")
 
 
 @dataclass
-class CorefScriptArguments(DSOScriptArguments):
+class CorefScriptArguments(dso.DSOScriptArguments):
     """The coreference task: which source, where its file is, and how its rows are built."""
 
     task: str = field(default="winobias", metadata={"help": "Coreference source.", "choices": list(TASKS)})
@@ -77,23 +79,18 @@ def load_data(args: CorefScriptArguments):
         source = "WinoBias (bundled, MIT): train = .dev files, test = .test files"
     else:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {args.task!r}")
-    train, test = dataset[args.dataset_train_split], dataset[args.dataset_test_split]
-    n_ambiguous = sum(train["ambiguous"])
-    description = (f"{source}; {len(train):,} training rows ({n_ambiguous:,} ambiguous), {len(test):,} test rows"
+    description = (dso.describe(source, dataset[args.dataset_train_split], dataset[args.dataset_test_split])
                    + ("; options in both orders" if args.both_orders else "")
                    + ("; with a \"don't know\" option" if args.dont_know else ""))
     return dataset, description
 
 
 def main(script_args: CorefScriptArguments, training_args, model_args) -> dict:
-    model_args.model_name_or_path = model_args.model_name_or_path or DEFAULT_MODEL
-    dataset, description = load_data(script_args)
-    return train_and_report(script_args, training_args, model_args, dataset, task=script_args.task,
-                            data=description)
+    return dso.main(script_args, training_args, model_args, load_data=load_data)
 
 
 def make_parser():
-    return make_recipe_parser(CorefScriptArguments)
+    return dso.make_parser(CorefScriptArguments, model_name_or_path=DEFAULT_MODEL)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ Pictures come from a local SocialCounterfactuals-style folder (`--data_path`: im
 `dso_trl.tasks.figures` (no download; fine for trying the recipe, not a benchmark). Ambiguous pairs (same occupation,
 different genders) get the gender-parity reward, unambiguous pairs (different occupations) the accuracy reward. Only
 the language backbone's norms are steered (`--steering_include_vision true` adds the vision tower's). After training
-the steering is saved to `--output_dir`, a λ sweep on the test pairs goes to `<output_dir>/sweep` (JSON, CSV, PNG) and a
-model card to `<output_dir>/README.md`; with `--report_to wandb` the sweep is logged to the training run too.
+the steering and its model card are saved to `<output_dir>/steering` and a λ sweep on the test pairs goes to
+`<output_dir>/sweep` (JSON, CSV, PNG); with `--report_to wandb` the sweep is logged to the training run too. Training,
+saving, resuming and the sweep are `dso_trl.scripts.dso.main`, the same as `dso-trl train`: this file holds only the
+task's options, data and defaults.
 
 Launch (from the repository root; add `--report_to wandb` to log to Weights & Biases):
 
@@ -35,8 +37,8 @@ Launch (from the repository root; add `--report_to wandb` to log to Weights & Bi
 Without torchvision, transformers cannot build Qwen2.5-VL's video processor and AutoProcessor fails; install
 torchvision, or pass `--processor_class dso_trl.biased_vlm.ImageOnlyQwen2_5_VLProcessor` (no video part).
 
-Every option of `DSOConfig` (GRPOConfig + steering), `ModelConfig` and `VisionScriptArguments` below can be set in the
-YAML file or on the command line (which wins); `--help` lists them.
+Every option of `DSOConfig` (GRPOConfig + steering), `ModelConfig` (`--model` is `--model_name_or_path`) and
+`VisionScriptArguments` below can be set in the YAML file or on the command line (which wins); `--help` lists them.
 """
 
 from __future__ import annotations
@@ -44,16 +46,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dso_trl.scripts.recipe import DSOScriptArguments, make_recipe_parser, train_and_report
+from dso_trl.scripts import dso
 from dso_trl.tasks import load_task
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 
 @dataclass
-class VisionScriptArguments(DSOScriptArguments):
+class VisionScriptArguments(dso.DSOScriptArguments):
     """The occupation-pairs task: a picture folder or drawn figures, and how pairs are sampled."""
 
+    task: str = field(default="occupation_pairs", metadata={"help": "The task.", "choices": ["occupation_pairs"]})
     data_path: str | None = field(
         default=None,
         metadata={"help": "SocialCounterfactuals-style folder (pictures + metadata.csv/.jsonl with file, occupation, "
@@ -87,22 +90,16 @@ def load_data(args: VisionScriptArguments):
         dataset = load_task("occupation_pairs", occupations=args.occupations,
                             figures_per_group=args.figures_per_group, **options)
         source = f"drawn figures ({args.figures_per_group} per occupation × gender × race and split)"
-    train, test = dataset[args.dataset_train_split], dataset[args.dataset_test_split]
-    n_ambiguous = sum(train["ambiguous"])
-    description = (f"occupation pairs, {source}; {len(train):,} training pairs ({n_ambiguous:,} ambiguous), "
-                   f"{len(test):,} test pairs")
-    return dataset, description
+    return dataset, dso.describe(f"occupation pairs, {source}", dataset[args.dataset_train_split],
+                                 dataset[args.dataset_test_split], unit="pairs")
 
 
 def main(script_args: VisionScriptArguments, training_args, model_args) -> dict:
-    model_args.model_name_or_path = model_args.model_name_or_path or DEFAULT_MODEL
-    dataset, description = load_data(script_args)
-    return train_and_report(script_args, training_args, model_args, dataset, task="occupation_pairs",
-                            data=description)
+    return dso.main(script_args, training_args, model_args, load_data=load_data)
 
 
 def make_parser():
-    return make_recipe_parser(VisionScriptArguments)
+    return dso.make_parser(VisionScriptArguments, model_name_or_path=DEFAULT_MODEL)
 
 
 if __name__ == "__main__":

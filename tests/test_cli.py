@@ -61,11 +61,10 @@ def test_help_has_one_entry_per_option(capsys):
 
 
 def test_train_defaults_are_the_readme_recipe():
-    from dso_trl.cli import TRAIN_DEFAULTS, TrainArguments, _longest_answer_tokens, _parse
+    from dso_trl.scripts.dso import longest_answer_tokens as _longest_answer_tokens, make_parser
     from dso_trl.tasks import load_task
-    from dso_trl.trainer import DSOConfig
 
-    args, config = _parse("train", (TrainArguments, DSOConfig), [], TRAIN_DEFAULTS)
+    args, config, _ = make_parser().parse_args_and_config([])
     assert (config.estimator, config.learning_rate, config.per_device_train_batch_size, config.num_generations,
             config.max_steps, config.scale_rewards, config.text_kl_coef, config.gradient_checkpointing) == \
         ("exact", 2e-3, 32, 2, 100, "none", 3.0, False)

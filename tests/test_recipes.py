@@ -24,7 +24,7 @@ from conftest import CHAT_TEMPLATE, SPECIAL_TOKENS, VISION_TOKENS, ImageOnlyQwen
 from dso_trl import Steering
 from dso_trl.evaluation import EvaluationConfig, evaluate, load_sweep
 from dso_trl.model_card import render_model_card, write_model_card
-from dso_trl.scripts import recipe as recipe_module
+from dso_trl.scripts import dso as recipe_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -93,13 +93,13 @@ def front_matter(card: str) -> dict:
 
 def check_outputs(output_dir: Path, steps: int = 2) -> dict:
     """The files every recipe run writes; returns the saved steering tensors."""
-    for name in ("steering.safetensors", "steering_config.json", "training_args.json", "README.md",
-                 "sweep/sweep.json", "sweep/sweep.csv", *(f"sweep/{p}" for p in PLOT_FILES)):
+    for name in ("steering/steering.safetensors", "steering/steering_config.json", "steering/training_args.json",
+                 "steering/README.md", "sweep/sweep.json", "sweep/sweep.csv", *(f"sweep/{p}" for p in PLOT_FILES)):
         assert (output_dir / name).is_file(), name
     assert not list(output_dir.rglob(".*.tmp")), "atomic writes left temporary files"
-    tensors = load_file(str(output_dir / "steering.safetensors"))
+    tensors = load_file(str(output_dir / "steering" / "steering.safetensors"))
     assert len(tensors) == 10 and all(torch.count_nonzero(t) > 0 for t in tensors.values())  # 5 norms × (a, b), trained
-    assert json.loads((output_dir / "training_args.json").read_text())["max_steps"] == steps
+    assert json.loads((output_dir / "steering" / "training_args.json").read_text())["max_steps"] == steps
     return tensors
 
 
@@ -130,12 +130,12 @@ def test_llm_recipe_trains_saves_sweeps_and_writes_the_card(tmp_path, llm_dir):
     test_rows = load_recipe("dso_llm_coref").load_data(script_args)[0]["test"]
     base, steered = sweep.points[0].metrics, sweep.points[-1].metrics
     assert math.isclose(fresh_metrics(llm_dir, test_rows).pob, base.pob, rel_tol=1e-5)
-    again = fresh_metrics(llm_dir, test_rows, out)
+    again = fresh_metrics(llm_dir, test_rows, out / "steering")
     assert math.isclose(again.pob, steered.pob, rel_tol=1e-5)
     assert math.isclose(again.unambiguous_accuracy, steered.unambiguous_accuracy, rel_tol=1e-5)
     assert abs(steered.pob - base.pob) > 0.1  # two steps at lr 0.05 moved the tiny model
 
-    card = (out / "README.md").read_text()
+    card = (out / "steering" / "README.md").read_text()
     meta = front_matter(card)
     assert meta["library_name"] == "dso_trl" and "dso_trl" in meta["tags"]
     assert "base_model" not in meta  # a local folder is no Hub id; the body names it
@@ -161,10 +161,10 @@ def test_vlm_recipe_trains_saves_sweeps_and_writes_the_card(tmp_path, vlm_dir):
     processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(vlm_dir, padding_side="left")
     script_args = load_recipe("dso_qwen_vl").make_parser().parse_args_and_config(args=VLM_DATA)[0]
     test_rows = load_recipe("dso_qwen_vl").load_data(script_args)[0]["test"]
-    again = fresh_metrics(vlm_dir, test_rows, out, processor=processor)
+    again = fresh_metrics(vlm_dir, test_rows, out / "steering", processor=processor)
     assert math.isclose(again.pob, sweep.points[-1].metrics.pob, rel_tol=1e-5)
     assert abs(sweep.points[-1].metrics.pob - sweep.points[0].metrics.pob) > 0.1
-    card = (out / "README.md").read_text()
+    card = (out / "steering" / "README.md").read_text()
     assert "| task | occupation_pairs |" in card and "drawn figures" in card
 
 
@@ -239,7 +239,7 @@ def test_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path, recipe,
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_outputs(out)
     assert result.stdout.count("Model card written") == 1  # the main process alone writes
-    assert "× 2 process(es)" in (out / "README.md").read_text()
+    assert "× 2 process(es)" in (out / "steering" / "README.md").read_text()
     assert [p.strength for p in load_sweep(out / "sweep").points] == [0.0, 0.5, 1.0]
 
 
