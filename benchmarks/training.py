@@ -129,6 +129,9 @@ class Options:
     learning_rates: dict[str, float]
     lr_scheduler_type: str
     lora_r: int
+    beta: float
+    text_kl_coef: float
+    exact_non_answers: bool
     exact_budget_s: float
     budgets: dict[str, float]
     budget_factor: float
@@ -194,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lr_ln_tuning", type=float, default=1e-3, help="default 1e-3")
     group.add_argument("--lr_scheduler_type", default="constant", help="every method (default constant)")
     group.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
+    group.add_argument("--beta", type=float, default=0.0, help="sampled methods: weight of GRPO's per-token KL to the "
+                       "base model (DSO: the steering disabled; LoRA / LN-tuning: the adapter disabled) (default 0)")
+    group.add_argument("--text_kl_coef", type=float, default=0.0, help="DSO methods: DSOConfig.text_kl_coef, the "
+                       "KL to the base model on general text (default 0)")
+    group.add_argument("--exact_non_answers", action="store_true", help="exact: DSOConfig.exact_non_answers, the "
+                       "mass on answering none of the options paid like an unparseable answer (for --prompt_format "
+                       "answer, whose prompt asks for the pronoun)")
     group.add_argument("--seed", type=int, default=42, help="training seed, the same for every method (default 42)")
     group = parser.add_argument_group("machine")
     group.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, i.e. every core)")
@@ -251,7 +261,9 @@ def resolve_options(args: argparse.Namespace) -> Options:
         prompt_format=args.prompt_format, answer_rows=args.answer_rows, answer_samples=args.answer_samples,
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
-        lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, exact_budget_s=float(value["exact_budget_s"]),
+        lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, text_kl_coef=args.text_kl_coef,
+        exact_non_answers=args.exact_non_answers,
+        exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,
         in_process=args.in_process, output=output, quiet=args.quiet,
     )
@@ -409,9 +421,10 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
 
         if method == "exact":
             args = DSOConfig(estimator="exact", per_device_train_batch_size=opts.batch_prompts, num_generations=2,
-                             scale_rewards="none", **common)
+                             scale_rewards="none", text_kl_coef=opts.text_kl_coef,
+                             exact_non_answers=opts.exact_non_answers, **common)
         else:
-            args = DSOConfig(estimator="sampled", **sampled, **common)
+            args = DSOConfig(estimator="sampled", beta=opts.beta, text_kl_coef=opts.text_kl_coef, **sampled, **common)
         trainer = DSOTrainer(model, rewards, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                              callbacks=[callback] if callback else None)
     else:
@@ -419,7 +432,7 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
 
         from dso_trl.scoring import prefills_as_text
 
-        args = GRPOConfig(**sampled, **common)
+        args = GRPOConfig(beta=opts.beta, **sampled, **common)
         train_dataset = prefills_as_text(train_dataset, tokenizer)  # TRL would close a prefilled answer
         if method == "lora_grpo":
             from peft import LoraConfig
@@ -446,8 +459,10 @@ def hyperparameters(method: str, trainer, opts: Options) -> dict[str, Any]:
                                                                          else args.lr_scheduler_type),
            "prompts_per_step": opts.batch_prompts, "optimizer": str(getattr(args.optim, "value", args.optim)),
            "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta}
+    if method in ("exact", "grpo_sampled"):
+        out.update(text_kl_coef=args.text_kl_coef)
     if method == "exact":
-        out.update(estimator="exact", rows_per_step=opts.batch_prompts)
+        out.update(estimator="exact", rows_per_step=opts.batch_prompts, non_answers=args.exact_non_answers)
     else:
         out.update(num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                    completions_per_step=opts.batch_prompts * opts.num_generations,

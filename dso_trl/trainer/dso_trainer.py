@@ -18,10 +18,10 @@ from ..evaluation.capability import as_chat_exchange, as_multiple_choice, genera
 from ..model_card import write_model_card
 from ..models import create_model
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, prefills_as_text,
-                       row_option_probabilities, tokenizer_of)
+                       tokenizer_of)
 from ..steering import Steering
 from .config import DSOConfig
-from .exact import exact_terms, option_kl
+from .exact import exact_terms, option_kl, policy_distribution
 from .resume import resolve_resume
 from .trl_seam import SteeringDisabledPolicy, TrlSeam, trl_builds_no_reference
 
@@ -119,17 +119,21 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
 
     # ------------------------------------------------------------------ the exact estimator
     def _exact_loss(self, model, rows: list[dict], mode: str) -> torch.Tensor:
+        non_answers = self.args.exact_non_answers
         terms = exact_terms(model, self.processing_class, rows, self.reward_funcs, self.reward_weights,
-                            self._reward_logging_kwargs())
+                            self._reward_logging_kwargs(), non_answers)
         expected = terms.expected_reward()
         loss = -terms.scaled_objective(self.args.scale_rewards).mean()
         if self.beta != 0.0:
             with torch.no_grad(), self.steering.disabled():
-                base = row_option_probabilities(model, self.processing_class, rows)
+                base = policy_distribution(model, self.processing_class, rows, non_answers)
             kl = option_kl(terms.probabilities, base).mean()
             loss = loss + self.beta * kl
             self._record(mode, "kl", self.accelerator.gather(kl.detach()).mean().item())
         self._record(mode, "reward", self.accelerator.gather(expected.detach().mean()).mean().item())
+        if non_answers:
+            mass = terms.probabilities.detach()[:, -1].mean()
+            self._record(mode, "exact/non_answer_mass", self.accelerator.gather(mass).mean().item())
         for f, name in enumerate(self.reward_func_names):
             judged = ~torch.isnan(terms.per_function[..., f]).all(-1)
             if judged.any():
