@@ -18,6 +18,7 @@ SCRIPT = ROOT / "benchmarks" / "training.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(SCRIPT.parent))  # its modules (benchmarks/_training_*.py), as when run as a script
     spec = importlib.util.spec_from_file_location("training_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses need their module registered
