@@ -340,3 +340,20 @@ def test_model_card_front_matter_and_results(tmp_path):
     path = write_model_card(tmp_path / "out", base_model="./local", task="pronoun", rewards=[])
     assert path == tmp_path / "out" / "README.md" and "base_model" not in front_matter(path.read_text())
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["README.md"]  # no temporary file left
+
+
+def test_recipes_take_both_model_spellings_and_the_cli_checkpoint_checks(tmp_path):
+    """One argument set and one main with `dso-trl train`: `--model` is `--model_name_or_path`, and a fresh run over
+    checkpoints or a resume from a missing one is refused by name before any model loads."""
+    from dso_trl.trainer.resume import CheckpointError
+
+    recipe = load_recipe("dso_llm_coref")
+    parse = recipe.make_parser().parse_args_and_config
+    assert parse(args=["--model", "some/model"])[2].model_name_or_path == "some/model"
+    assert parse(args=[])[2].model_name_or_path == recipe.DEFAULT_MODEL
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(CheckpointError, match="--overwrite_output_dir"):
+        recipe.main(*parse(args=["--model", str(tmp_path / "no-model"), "--output_dir", str(tmp_path)]))
+    with pytest.raises(CheckpointError, match="checkpoint-9: it does not exist"):
+        recipe.main(*parse(args=["--output_dir", str(tmp_path), "--resume_from_checkpoint",
+                                 str(tmp_path / "checkpoint-9")]))
