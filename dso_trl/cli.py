@@ -1,7 +1,8 @@
 """The `dso-trl` command: `demo`, `train`, `evaluate`, `sweep` and `export`.
 
 Each command's options are a dataclass parsed by TRL's `TrlParser`, so every option has a `--help` line and can also
-come from a YAML file (`--config file.yaml`); `train` takes every `DSOConfig` (hence `GRPOConfig`) option too.
+come from a YAML file (`--config file.yaml`). `train` is the recipes' script, `dso_trl.scripts.dso` (its parser and
+`main`): it takes every `DSOConfig` (hence `GRPOConfig`) and `ModelConfig` option too.
 
 A user error (a missing file, a bad option or CSV, a steering saved for another model, an unreadable checkpoint)
 prints one line and exits with status 1; `--debug` (or `DSO_TRL_DEBUG=1`) shows its traceback. Every check that
