@@ -78,7 +78,7 @@ class DSOConfig(GRPOConfig):
                   "(1 − Σ p(option)) as one more outcome, paid what the reward functions pay an unparseable answer "
                   "(−1 by default), instead of renormalising over the options. Use it when the prompt asks for one "
                   "of the options (e.g. the pronoun task's 'answer' format): without it the objective cannot see mass "
-                  "leave the options (measured on SmolLM2: 98.5% of sampled answers unparseable after 47 steps). "
+                  "leave the options (measured on SmolLM2: 98.5 percent unparseable sampled answers after 47 steps). "
                   "Leave it off for sentence continuations, where most continuations legitimately name no option."},
     )
 
