@@ -58,6 +58,7 @@ class Options:
     prompt_format: str
     answer_rows: int
     answer_samples: int
+    answer_max_tokens: int
     learning_rates: dict[str, float]
     lr_scheduler_type: str
     lora_r: int
@@ -122,6 +123,9 @@ class BenchmarkArguments:
         "help": "held-out rows whose sampled answers are sorted into parsed / don't know / unparseable for the base "
                 "model and at each method's end (default 200; 0: skip)"})
     answer_samples: int = field(default=4, metadata={"help": "samples per row for those rates (default 4)"})
+    answer_max_tokens: int = field(default=4, metadata={
+        "help": "tokens per sampled answer for those rates, whatever the training completions' length (default 4: "
+        "'he\" or \"she' is unparseable, its first token alone would read as 'he')"})
     max_accuracy_drop: float = field(default=1.0, metadata={
         "help": "points of expected unambiguous accuracy the target allows below the base model's (default 1)"})
     eval_every: int | None = field(default=None, metadata={
@@ -216,6 +220,7 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         eval_batch_size=value["eval_batch_size"], target_pob=args.target_pob,
         sampled_target_pob=args.sampled_target_pob, max_accuracy_drop=args.max_accuracy_drop,
         prompt_format=args.prompt_format, answer_rows=args.answer_rows, answer_samples=args.answer_samples,
+        answer_max_tokens=args.answer_max_tokens,
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, text_kl_coef=args.text_kl_coef,

@@ -50,7 +50,7 @@ class HeldOutEvaluator:
         if not self.answer_rows:
             return None
         rates = answer_rates(model, self.tokenizer, self.answer_rows, num_samples=self.opts.answer_samples,
-                             max_new_tokens=self.opts.max_completion_length, batch_size=self.opts.eval_batch_size,
+                             max_new_tokens=self.opts.answer_max_tokens, batch_size=self.opts.eval_batch_size,
                              seed=self.opts.seed)
         return rates.to_dict(examples=10)
 
