@@ -134,14 +134,14 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for method, result in results["methods"].items():
-        x = [p["strength"] for p in result["points"]]
-        axes[0].plot(x, [p["pob"] for p in result["points"]], marker="o", label=method)
-        axes[1].plot(x, [p["unambiguous_accuracy"] for p in result["points"]], marker="o", label=method)
-        axes[2].plot(x, [p["description"]["kl"]["occupation"] for p in result["points"]], marker="o",
+    for index, (method, result) in enumerate(results["methods"].items()):
+        x, color = [p["strength"] for p in result["points"]], f"C{index}"
+        axes[0].plot(x, [p["pob"] for p in result["points"]], marker="o", color=color, label=method)
+        axes[1].plot(x, [p["unambiguous_accuracy"] for p in result["points"]], marker="o", color=color, label=method)
+        axes[2].plot(x, [p["description"]["kl"]["occupation"] for p in result["points"]], marker="o", color=color,
                      label=f"{method}: occupation words")
         axes[2].plot(x, [p["description"]["kl"]["gender"] for p in result["points"]], marker="x", linestyle="--",
-                     label=f"{method}: gender words")
+                     color=color, label=f"{method}: gender words")
     for ax, title in zip(axes, ("POB (held-out ambiguous pairs)", "unambiguous accuracy (%)",
                                 "KL(steered ‖ base), 'Describe the picture.'")):
         ax.set_xlabel("steering strength λ")
@@ -163,7 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="benchmarks/results/biased_vlm_debias.json")
     parser.add_argument("--plot", default="docs/images/biased_vlm_debias.png", help="'' for no plot")
     parser.add_argument("--work_dir", default="outputs/biased_vlm_debias", help="Steerings, sweeps, model cards.")
+    parser.add_argument("--replot", action="store_true", help="Only redraw --plot from the --output JSON.")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.output).read_text()), Path(args.plot))
+        return {}
 
     from dso_trl.atomic import write_json_atomic
     from dso_trl.biased_vlm import BiasedVLMRecipe, biased_vlm_folder, description_questions
