@@ -51,7 +51,7 @@ METHOD_ARGS = {
     "exact": [*EXACT, "--per_device_train_batch_size", "32"],
     "exact_2proc": [*EXACT, "--per_device_train_batch_size", "16", "--ddp_find_unused_parameters", "false"],
     "sampled": ["--estimator", "sampled", "--num_generations", "8", "--per_device_train_batch_size", "64",
-                "--max_completion_length", "2", "--temperature", "1", "--max_steps", "250", "--learning_rate", "4e-2"],
+                "--max_completion_length", "2", "--temperature", "1", "--max_steps", "600", "--learning_rate", "4e-2"],
 }
 
 
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", default="docs/images/biased_vlm_debias.png", help="'' for no plot")
     parser.add_argument("--work_dir", default="outputs/biased_vlm_debias", help="Steerings, sweeps, model cards.")
     parser.add_argument("--replot", action="store_true", help="Only redraw --plot from the --output JSON.")
+    parser.add_argument("--update", action="store_true",
+                        help="Keep the other methods of an existing --output JSON (rerun only --methods).")
     args = parser.parse_args(argv)
     if args.replot:
         plot(json.loads(Path(args.output).read_text()), Path(args.plot))
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
                "common_args": COMMON, "held_out_rows": len(rows), "description_rows": len(rows),
                "answer_rate_rows": len(answer_rows), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", "methods": {}}
+    if args.update and Path(args.output).is_file():
+        results["methods"] = json.loads(Path(args.output).read_text())["methods"]
     for method in args.methods:
         output_dir = Path(args.work_dir) / method
         seconds = run_method(method, model_dir, output_dir)
