@@ -255,6 +255,24 @@ def _description(row: dict[str, Any]) -> str:
     return " ".join(f"{side} {GENDER_WORDS[genders[k]]} {row['occupations'][k]}" for k, side in enumerate(SIDES))
 
 
+def description_questions(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Questions about held-out pictures that are not the task's: "Describe the picture." with the true description
+    as the answer, each word labelled side / gender / occupation (`compare_answers` keywords). The occupation words
+    are what the model sees without being asked about gender; the gender words show whether it still sees gender."""
+    describe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}]
+    answers, kinds = [], []
+    for row in rows:
+        words, labels = [], []
+        for part in _description(row).replace(" right ", " | right ").split(" | "):
+            side, gender, *occupation = part.split()
+            words += [side, gender, *occupation]
+            labels += ["side", "gender"] + ["occupation"] * len(occupation)
+        answers.append(words)
+        kinds.append(labels)
+    return {"prompts": [describe] * len(rows), "answers": answers, "kinds": kinds,
+            "images": [row["image"] for row in rows]}
+
+
 if __name__ == "__main__":
     folder = biased_vlm_folder()
     print(folder)

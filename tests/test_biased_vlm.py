@@ -72,3 +72,49 @@ def test_default_model_recognises_occupations_and_is_biased():
         metrics = evaluate(model, processor, rows, EvaluationConfig(n_boot=0, progress=False))
     assert metrics.unambiguous_accuracy == pytest.approx(report["held_out"]["unambiguous_accuracy"], abs=1e-3)
     assert metrics.pob == pytest.approx(report["held_out"]["pob"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_recipe_debiases_the_biased_model(tmp_path):
+    """benchmarks/biased_vlm_debias.py, exact estimator in process (~3 min on one thread, after the model's build):
+    held-out POB at most half the base model's, accuracy within 2 points, POB falling with λ, description KL > 0."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "biased_vlm_debias.py"
+    spec = importlib.util.spec_from_file_location("biased_vlm_debias", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    results = benchmark.main(["--methods", "exact", "--output", str(tmp_path / "r.json"), "--plot", "",
+                              "--work_dir", str(tmp_path / "work")])
+    points = results["methods"]["exact"]["points"]
+    assert results["failures"] == [] and json.loads((tmp_path / "r.json").read_text()) == results
+    assert points[0]["pob"] == pytest.approx(results["model"]["held_out"]["pob"], abs=1e-3)
+    assert points[-1]["pob"] <= points[0]["pob"] / 2
+    assert points[0]["description"]["kl"]["occupation"] == pytest.approx(0.0, abs=1e-9)
+    assert points[-1]["description"]["kl"]["occupation"] > 0
+
+
+def test_description_questions_compare_steered_and_base_answers(tmp_path, monkeypatch):
+    from dso_trl.evaluation.answer_kl import compare_answers
+    from dso_trl.steering import Steering
+
+    monkeypatch.setenv("DSO_TRL_CACHE", str(tmp_path))
+    model, processor, _ = load_biased_vlm(TINY)
+    rows = list(load_task("occupation_pairs", **TINY.task_options())["test"])[:6]
+    questions = biased_vlm.description_questions(rows)
+    words = {"left", "right", "man", "woman", "nurse", "CEO", "construction", "worker"}
+    assert questions["answers"][0][0] == "left" and set(questions["answers"][0]) <= words | set(TINY.occupations)
+    assert all(len(a) == len(k) for a, k in zip(questions["answers"], questions["kinds"]))
+    steering = Steering.attach(model)
+    same = compare_answers(steering, processor, **questions)
+    assert same.kl == {"side": 0.0, "gender": 0.0, "occupation": 0.0}
+    assert same.steered_accuracy == same.base_accuracy and same.tokens["side"] == 2 * len(rows)
+    with torch.no_grad():
+        for parameter in steering.parameters():
+            parameter.normal_(0, 0.5)
+    moved = compare_answers(steering, processor, **questions)
+    assert all(value > 0 for value in moved.kl.values())
+    with pytest.raises(ValueError, match="one known token"):
+        compare_answers(steering, processor, questions["prompts"][:1], [["left", "zebra"]], [["side", "gender"]],
+                        questions["images"][:1])

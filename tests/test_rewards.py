@@ -243,3 +243,32 @@ def test_a_planted_model_that_can_hack_the_old_rule_does_not_hack_the_shipped_on
     assert planted.non_answer_rate(fixed, tokenizer, held_out) < base_rate / 2
     pob, accuracy = planted.measure(fixed, tokenizer, held_out)
     assert pob < base_pob - 10 and accuracy >= base_accuracy - 1
+
+
+# ------------------------------------------------------------------------------------ the VLM's generated answers
+VLM_TEXTS = {"Right woman": 1, "The person on the left": 0, "Left CEO": 0,  # what the biased VLM writes, parsed
+             "Left right": None, "Right man CEO Left": None, "Right Left": None, "woman nurse": None}
+
+
+def vlm_columns(n, ambiguous):
+    """Occupation-pairs rows as TRL passes them: nurse, stereotype (female) on the right; gold answer left."""
+    return dict(task=["occupation_pairs"] * n, occupation=["nurse"] * n, ambiguous=[ambiguous] * n,
+                options=[["left", "right"]] * n, option_completions=[["Left", "Right"]] * n,
+                stereotype_option=[1] * n, answer_option=[-1 if ambiguous else 0] * n, dont_know_option=[-1] * n)
+
+
+def test_vlm_answers_parse_and_unparseable_ones_earn_the_worst_reward():
+    """The VLM path uses the shipped rewards with the default parser: a generated answer that names both sides, or
+    neither, earns -1 from both (a wrong side's reward), never more than a fair answer's expected 0."""
+    from dso_trl.tasks import parse_choice
+
+    row = {k: v[0] for k, v in vlm_columns(1, True).items()}
+    assert {text: parse_choice(text, row) for text in VLM_TEXTS} == VLM_TEXTS
+    unparseable = [text for text, choice in VLM_TEXTS.items() if choice is None]
+    parity, accuracy = GenderParityReward(), UnambiguousAccuracyReward()
+    for text in unparseable:
+        assert parity(["p"] * 3, [text, "Left", "Right"], **vlm_columns(3, True))[0] == -1.0
+        assert accuracy(["p"], [text], **vlm_columns(1, False)) == [-1.0]
+    # one answer per side: leave-one-out, each sees the other as the majority and earns +1
+    assert GenderParityReward()(["p"] * 2, ["Left", "Right woman"], **vlm_columns(2, True)) == [1.0, 1.0]
+    assert accuracy(["p"] * 2, ["The person on the left", "Right woman"], **vlm_columns(2, False)) == [1.0, -1.0]
