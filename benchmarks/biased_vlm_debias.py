@@ -44,6 +44,7 @@ COMMON = ["--figures_per_group", "12", "--n_test", "240", "--n_test_unambiguous"
           "--save_strategy", "no", "--logging_steps", "10", "--disable_tqdm", "true", "--seed", "0",
           "--reward_funcs", "dso_trl.rewards.GenderParityReward", "dso_trl.rewards.UnambiguousAccuracyReward",
           "--reward_weights", "1", "2", "--scale_rewards", "none", "--sweep_capability", "false",
+          "--text_kl_coef", "0",  # the measured runs: general prose means nothing to this word-level vocabulary
           "--sweep_n_boot", "200", "--sweep_strengths", *STRENGTHS,
           "--processor_class", "dso_trl.biased_vlm.ImageOnlyQwen2_5_VLProcessor"]
 EXACT = ["--estimator", "exact", "--num_generations", "2", "--max_steps", "200", "--learning_rate", "2e-2"]
@@ -84,12 +85,13 @@ def measure(method: str, model_dir: Path, output_dir: Path, seconds: float, rows
     from dso_trl.biased_vlm import ImageOnlyQwen2_5_VLProcessor
     from dso_trl.evaluation.answer_kl import compare_answers
     from dso_trl.evaluation.answers import answer_rates
+    from dso_trl.scripts.dso import STEERING_DIR
     from dso_trl.steering import Steering
 
     sweep = json.loads((output_dir / "sweep" / "sweep.json").read_text())
     model = tf.Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(model_dir, padding_side="left")
-    steering = Steering.from_pretrained(model, output_dir)
+    steering = Steering.from_pretrained(model, output_dir / STEERING_DIR)
     points = []
     for point in sweep["points"]:
         steering.set_strength(point["strength"])
