@@ -18,6 +18,7 @@ import torch
 from ..devices import device_of
 from ..scoring import batch_inputs, encode_prompts, inference, pad_token_id, tokenizer_of
 from ..steering import Steering
+from .divergence import token_kl
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def compare_answers(steering: Steering, processing_class: Any, prompts: Sequence
                 p, q = steered[row, positions], base[row, positions]
                 gold = torch.tensor(ids, device=p.device)
                 for k, label in enumerate(labels):
-                    kl[label] += float((p[k].exp() * (p[k] - q[k])).sum())
+                    kl[label] += float(token_kl(p[k], q[k]))
                     hits[label] += float(p[k].argmax() == gold[k])
                     base_hits[label] += float(q[k].argmax() == gold[k])
                     count[label] += 1

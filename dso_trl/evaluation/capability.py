@@ -26,7 +26,7 @@ import torch
 from ..devices import device_of
 from ..scoring import encode_prompts, inference, option_probabilities, tokenizer_of
 from ..steering import Steering
-from .divergence import compare_on_text
+from .divergence import compare_on_text, probability_kl
 
 LETTERS = "ABCDEFGHIJ"
 CHAT_PROMPTS = (
@@ -209,14 +209,12 @@ class CapabilitySuite:
                 self._base = self._mmlu_probabilities(steering.model)
         steered = self._mmlu_probabilities(steering.model)
         base = self._base
-        support = base > 0
-        kl = torch.where(support, steered * (steered.clamp_min(1e-30).log() - base.clamp_min(1e-30).log()), 0.0)
         choice, base_choice = steered.argmax(-1), base.argmax(-1)
         return CapabilityMetrics(
             text_kl=text.kl, perplexity_ratio=text.perplexity_ratio,
             mmlu_accuracy=100 * float((choice == self._answers).float().mean()),
             mmlu_agreement=100 * float((choice == base_choice).float().mean()),
-            mmlu_kl=float(kl.sum(-1).mean()), base_perplexity=math.exp(text.base_nll),
+            mmlu_kl=float(probability_kl(steered, base).mean()), base_perplexity=math.exp(text.base_nll),
             base_mmlu_accuracy=100 * float((base_choice == self._answers).float().mean()),
             n_text_tokens=text.tokens, n_questions=len(self.questions))
 

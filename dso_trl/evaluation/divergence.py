@@ -35,6 +35,19 @@ class TextComparison:
         return math.exp(self.steered_nll - self.base_nll)
 
 
+def token_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """The one KL(p ‖ q) of next-token distributions in dso_trl, from log-probabilities over the last dimension (one
+    value per position): the text-KL term of training, the text and answer comparisons of evaluation."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def probability_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) over the last dimension from probabilities (options of a closed-choice row, MMLU letters), with
+    0 · log 0 = 0 where p is zero."""
+    ratio = torch.where(p > 0, p.clamp_min(1e-30).log() - q.clamp_min(1e-30).log(), 0.0)
+    return (p * ratio).sum(-1)
+
+
 def compare_on_text(steering: Steering, processing_class: Any, texts: Sequence[str], *, batch_size: int = 8,
                     max_length: int | None = None, progress: bool = False) -> TextComparison:
     """Run `texts` through the model at the steering's current λ and inside `steering.disabled()`, and compare the
@@ -77,7 +90,7 @@ def compare_runs(model: nn.Module, processing_class: Any, texts: Sequence[str], 
             for i, (b_ids, s_ids) in enumerate(zip(base_ids, steered_ids)):
                 n = _common_suffix(b_ids, s_ids)
                 p, q = steered_lp[i, len(s_ids) - n:len(s_ids)], base_lp[i, len(b_ids) - n:len(b_ids)]
-                kl_sum, kl_count = kl_sum + float((p.exp() * (p - q)).sum()), kl_count + n
+                kl_sum, kl_count = kl_sum + float(token_kl(p, q).sum()), kl_count + n
                 targets = torch.tensor(s_ids[len(s_ids) - n + 1:], dtype=torch.long, device=device)[:, None]
                 base_sum -= float(q[:-1].gather(-1, targets).sum())
                 steered_sum -= float(p[:-1].gather(-1, targets).sum())

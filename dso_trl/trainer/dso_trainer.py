@@ -15,13 +15,14 @@ from trl import GRPOTrainer
 
 from ..atomic import write_json_atomic
 from ..evaluation.capability import as_chat_exchange, as_multiple_choice, general_texts, read_texts
+from ..evaluation.divergence import probability_kl, token_kl
 from ..model_card import write_model_card
 from ..models import create_model
 from ..scoring import (EncodedPrompt, batch_inputs, encode_prompts, pad_token_id, prefills_as_text,
                        tokenizer_of)
 from ..steering import Steering
 from .config import DSOConfig
-from .exact import exact_terms, option_kl, policy_distribution
+from .exact import exact_terms, policy_distribution
 from .resume import resolve_resume
 from .trl_seam import SteeringDisabledPolicy, TrlSeam, trl_builds_no_reference
 
@@ -127,7 +128,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
         if self.beta != 0.0:
             with torch.no_grad(), self.steering.disabled():
                 base = policy_distribution(model, self.processing_class, rows, non_answers)
-            kl = option_kl(terms.probabilities, base).mean()
+            kl = probability_kl(terms.probabilities, base).mean()
             loss = loss + self.beta * kl
             self._record(mode, "kl", self.accelerator.gather(kl.detach()).mean().item())
         self._record(mode, "reward", self.accelerator.gather(expected.detach().mean()).mean().item())
@@ -173,7 +174,7 @@ class DSOTrainer(TrlSeam, GRPOTrainer):
         with torch.no_grad(), self.steering.disabled():
             base = model(**inputs, use_cache=False).logits.float().log_softmax(-1)
         mask = inputs["attention_mask"].bool()
-        return (steered.exp() * (steered - base)).sum(-1)[mask].mean()
+        return token_kl(steered, base)[mask].mean()
 
     # ------------------------------------------------------------------ loss
     def _with_dso_terms(self, model, loss: torch.Tensor, mode: str) -> torch.Tensor:

@@ -115,9 +115,3 @@ def exact_terms(model, processing_class, rows: Sequence[dict], reward_funcs, rew
     rewards, per_function = option_rewards(reward_funcs, reward_weights, rows, probabilities.detach(), extra_kwargs,
                                            non_answers)
     return ExactTerms(probabilities, rewards, per_function)
-
-
-def option_kl(probabilities: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """KL(steered ‖ base) of each row's option distribution."""
-    ratio = torch.where(probabilities > 0, probabilities.clamp_min(1e-30).log() - base.clamp_min(1e-30).log(), 0.0)
-    return (probabilities * ratio).sum(-1)
