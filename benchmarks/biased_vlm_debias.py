@@ -11,6 +11,7 @@ trains a DSO steering on it, per method:
                 writes (--max_completion_length tokens, temperature 1), parsed by `dso_trl.tasks.parse_choice`
                 ("Right woman" -> right; "Left right", "Right man CEO Left" -> unparseable, which both shipped rewards
                 pay −1, the worst an answer gets: no safe harbour).
+  sampled_2proc the same under `accelerate launch` with two CPU processes (half the prompts per process).
 
 Measured on the held-out pictures the model was measured on (other figure variants, both left-right orders): the
 recipe's λ sweep (exact-estimator POB and unambiguous accuracy), and at every λ what changed on questions that are
@@ -36,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "dso_qwen_vl.py"
-METHODS = ("exact", "exact_2proc", "sampled")
+METHODS = ("exact", "exact_2proc", "sampled", "sampled_2proc")
 STRENGTHS = ("0", "0.25", "0.5", "0.75", "1")
 # Shared by every method: the model's task rows (its held-out test pictures), rewards, sweep.
 COMMON = ["--figures_per_group", "12", "--n_test", "240", "--n_test_unambiguous", "240", "--both_orders", "true",
@@ -51,9 +52,12 @@ EXACT = ["--estimator", "exact", "--num_generations", "2", "--max_steps", "200",
 METHOD_ARGS = {
     "exact": [*EXACT, "--per_device_train_batch_size", "32"],
     "exact_2proc": [*EXACT, "--per_device_train_batch_size", "16", "--ddp_find_unused_parameters", "false"],
-    "sampled": ["--estimator", "sampled", "--num_generations", "8", "--per_device_train_batch_size", "64",
-                "--max_completion_length", "2", "--temperature", "1", "--max_steps", "600", "--learning_rate", "4e-2"],
 }
+SAMPLED = ["--estimator", "sampled", "--num_generations", "8", "--max_completion_length", "2", "--temperature", "1",
+           "--max_steps", "600", "--learning_rate", "4e-2"]
+METHOD_ARGS["sampled"] = [*SAMPLED, "--per_device_train_batch_size", "64"]
+METHOD_ARGS["sampled_2proc"] = [*SAMPLED, "--per_device_train_batch_size", "32",
+                                "--ddp_find_unused_parameters", "false"]
 
 
 def run_method(method: str, model_dir: Path, output_dir: Path) -> float:
@@ -62,7 +66,7 @@ def run_method(method: str, model_dir: Path, output_dir: Path) -> float:
     occupations = ["--occupations", *json.loads((model_dir / "biased_vlm.json").read_text())["recipe"]["occupations"]]
     argv += occupations
     start = time.perf_counter()
-    if method == "exact_2proc":
+    if method.endswith("_2proc"):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"), "--num_processes", "2", str(RECIPE), *argv]
         subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -105,7 +109,7 @@ def measure(method: str, model_dir: Path, output_dir: Path, seconds: float, rows
                        "unambiguous_accuracy_interval": metrics["intervals"]["unambiguous_accuracy"],
                        "description": described.to_dict()})
     result = {"method": method, "args": METHOD_ARGS[method], "wall_s": round(seconds, 1), "points": points}
-    if method == "sampled":
+    if method.startswith("sampled"):
         length = int(METHOD_ARGS[method][METHOD_ARGS[method].index("--max_completion_length") + 1])
         result["answer_rates"] = {}
         for strength in (0.0, 1.0):

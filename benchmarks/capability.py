@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, help="Training steps (default: the demo's).")
     parser.add_argument("--output", default="benchmarks/results/capability.json")
     parser.add_argument("--plot", default="docs/images/smollm2_bias_vs_text_kl.png")
+    parser.add_argument("--update", action="store_true",
+                        help="Keep the other β_text values' runs of an existing --output JSON (rerun only --coefs).")
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -91,7 +93,12 @@ def main() -> None:
         print("RESULT " + json.dumps(one_run(args.child, output_dir, args.max_steps)), flush=True)
         return
 
+    from dso_trl.atomic import write_json_atomic
+
     runs = []
+    if args.update and Path(args.output).is_file():
+        previous = json.loads(Path(args.output).read_text())["runs"]
+        runs = [run for run in previous if run["text_kl_coef"] not in args.coefs]
     for coef in dict.fromkeys(args.coefs):
         command = [sys.executable, __file__, "--child", str(coef), "--work_dir", args.work_dir]
         if args.max_steps is not None:
@@ -108,8 +115,8 @@ def main() -> None:
     result = {"model": "SmolLM2-135M-Instruct", "task": "pronoun (held-out templates and names)",
               "targets_at_strength_1": TARGETS,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "runs": runs}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    runs.sort(key=lambda run: run["text_kl_coef"])
+    write_json_atomic(args.output, result)
     plot(runs, Path(args.plot))
     print(f"-> {args.output}, {args.plot}")
 
