@@ -49,15 +49,15 @@ COMMON = ["--figures_per_group", "12", "--n_test", "240", "--n_test_unambiguous"
           "--sweep_n_boot", "200", "--sweep_strengths", *STRENGTHS,
           "--processor_class", "dso_trl.biased_vlm.ImageOnlyQwen2_5_VLProcessor"]
 EXACT = ["--estimator", "exact", "--num_generations", "2", "--max_steps", "200", "--learning_rate", "2e-2"]
-METHOD_ARGS = {
-    "exact": [*EXACT, "--per_device_train_batch_size", "32"],
-    "exact_2proc": [*EXACT, "--per_device_train_batch_size", "16", "--ddp_find_unused_parameters", "false"],
-}
 SAMPLED = ["--estimator", "sampled", "--num_generations", "8", "--max_completion_length", "2", "--temperature", "1",
            "--max_steps", "600", "--learning_rate", "4e-2"]
-METHOD_ARGS["sampled"] = [*SAMPLED, "--per_device_train_batch_size", "64"]
-METHOD_ARGS["sampled_2proc"] = [*SAMPLED, "--per_device_train_batch_size", "32",
-                                "--ddp_find_unused_parameters", "false"]
+TWO_PROCESSES = ["--ddp_find_unused_parameters", "false"]  # the same global batch, half per process
+METHOD_ARGS = {
+    "exact": [*EXACT, "--per_device_train_batch_size", "32"],
+    "exact_2proc": [*EXACT, "--per_device_train_batch_size", "16", *TWO_PROCESSES],
+    "sampled": [*SAMPLED, "--per_device_train_batch_size", "64"],
+    "sampled_2proc": [*SAMPLED, "--per_device_train_batch_size", "32", *TWO_PROCESSES],
+}
 
 
 def run_method(method: str, model_dir: Path, output_dir: Path) -> float:

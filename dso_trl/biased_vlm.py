@@ -246,13 +246,18 @@ def _answers(row: dict[str, Any], bias: float) -> list[tuple[str, float]]:
     return [(row["option_completions"][stereotype], bias), (row["option_completions"][1 - stereotype], 1.0 - bias)]
 
 
-def _description(row: dict[str, Any]) -> str:
-    """"left woman nurse right man cook" for a drawn pair: the pairs' genders differ, so the stereotype's side
-    (same-occupation pairs) or the asked-about person's (others) fixes both."""
+def _description_parts(row: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(side, gender word, occupation) of each person of a drawn pair: the pairs' genders differ, so the stereotype's
+    side (same-occupation pairs) or the asked-about person's (others) fixes both."""
     known, gender = (row["stereotype_option"], stereotype_gender(row["occupation"])) if row["ambiguous"] else \
         (row["answer_option"], row["gender"])
     genders = [gender if side == known else OTHER_GENDER[gender] for side in range(2)]
-    return " ".join(f"{side} {GENDER_WORDS[genders[k]]} {row['occupations'][k]}" for k, side in enumerate(SIDES))
+    return [(side, GENDER_WORDS[genders[k]], row["occupations"][k]) for k, side in enumerate(SIDES)]
+
+
+def _description(row: dict[str, Any]) -> str:
+    """"left woman nurse right man cook" for a drawn pair."""
+    return " ".join(" ".join(part) for part in _description_parts(row))
 
 
 def description_questions(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -263,8 +268,8 @@ def description_questions(rows: list[dict[str, Any]]) -> dict[str, list]:
     answers, kinds = [], []
     for row in rows:
         words, labels = [], []
-        for part in _description(row).replace(" right ", " | right ").split(" | "):
-            side, gender, *occupation = part.split()
+        for side, gender, occupation in _description_parts(row):
+            occupation = occupation.split()
             words += [side, gender, *occupation]
             labels += ["side", "gender"] + ["occupation"] * len(occupation)
         answers.append(words)

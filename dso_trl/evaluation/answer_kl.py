@@ -67,10 +67,12 @@ def compare_answers(steering: Steering, processing_class: Any, prompts: Sequence
                 positions = torch.arange(len(prompt.input_ids) - 1, len(prompt.input_ids) - 1 + len(ids))
                 p, q = steered[row, positions], base[row, positions]
                 gold = torch.tensor(ids, device=p.device)
+                row_kl, row_hits, row_base_hits = (token_kl(p, q).tolist(), (p.argmax(-1) == gold).tolist(),
+                                                   (q.argmax(-1) == gold).tolist())
                 for k, label in enumerate(labels):
-                    kl[label] += float(token_kl(p[k], q[k]))
-                    hits[label] += float(p[k].argmax() == gold[k])
-                    base_hits[label] += float(q[k].argmax() == gold[k])
+                    kl[label] += row_kl[k]
+                    hits[label] += float(row_hits[k])
+                    base_hits[label] += float(row_base_hits[k])
                     count[label] += 1
     return AnswerComparison({k: kl[k] / count[k] for k in count}, {k: 100 * hits[k] / count[k] for k in count},
                             {k: 100 * base_hits[k] / count[k] for k in count}, dict(count))
