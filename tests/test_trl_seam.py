@@ -8,6 +8,7 @@ import inspect
 import pytest
 import torch
 from trl import GRPOTrainer
+from trl.trainer import utils as trl_utils
 
 from conftest import make_model
 from dso_trl import DSOConfig, DSOTrainer
@@ -81,3 +82,53 @@ def test_sync_ref_model_is_refused(tmp_path):
     args = DSOConfig(output_dir=str(tmp_path), beta=0.1, sync_ref_model=True, report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="sync_ref_model=True is not supported"):
         DSOTrainer(make_model("llama"), rewards(), args=args, train_dataset=pronoun_rows())
+
+
+@pytest.mark.parametrize("compute_entropy", [False, True])
+@pytest.mark.parametrize("reference", [False, True])
+def test_per_token_logps_and_steering_gradients_equal_trls_with_the_head_on_completions_only(
+        tmp_path, tokenizer, monkeypatch, compute_entropy, reference):
+    args = DSOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, temperature=0.7,
+                     beta=0.1, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = DSOTrainer(make_model("llama"), rewards(), args=args, train_dataset=pronoun_rows(),
+                         processing_class=tokenizer)
+    with torch.no_grad():  # steering off identity, so its gradient is not trivial
+        for param in trainer.steering.parameters():
+            param.normal_(0, 0.3)
+    model = trainer.ref_model if reference else trainer.model
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 40, (5, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :2] = 0  # a left-padded prompt
+    attention_mask[1, -2:] = 0  # a completion that ended early
+    head_rows = []
+    chunked = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: head_rows.append(hidden.shape[0]) or chunked(hidden, *rest))
+
+    def logps_and_gradients(method):
+        for param in trainer.steering.parameters():
+            param.grad = None
+        logps, entropies, _ = method(trainer, model, input_ids, attention_mask, 3, batch_size=2,
+                                     compute_entropy=compute_entropy)
+        total = logps.sum() + (entropies.sum() if compute_entropy else 0)
+        if not reference:  # the reference is the unsteered model: nothing in it requires a gradient
+            total.backward()
+        return logps, entropies, [param.grad for param in trainer.steering.parameters()]
+
+    ours = logps_and_gradients(DSOTrainer._get_per_token_logps_and_entropies)
+    assert head_rows == [2 * 3, 2 * 3, 1 * 3]  # the head saw only the completion positions
+    head_rows.clear()
+    theirs = logps_and_gradients(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert head_rows == [2 * 8, 2 * 8, 1 * 8]  # TRL's, off GPU: every position
+    assert ours[0].shape == (5, 3) and (ours[0][1, -2:] == 0).all() and (ours[0][:, 0] < 0).all()
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+    if compute_entropy:
+        torch.testing.assert_close(ours[1], theirs[1], rtol=1e-5, atol=1e-6)
+    else:
+        assert ours[1] is None and theirs[1] is None
+    assert ours[0].requires_grad is not reference
+    if not reference:
+        assert all(grad is not None and grad.abs().sum() > 0 for grad in ours[2])
+        for mine, trls in zip(ours[2], theirs[2]):
+            torch.testing.assert_close(mine, trls, rtol=1e-5, atol=1e-6)

@@ -35,6 +35,7 @@ OVERRIDES: dict[str, str] = {
     "_get_train_sampler": "an order seeded by (seed, epoch) for exact resume; every row once for the exact estimator",
     "_prepare_inputs": "the exact estimator needs no generation: the rows themselves, split into micro-batches",
     "_compute_loss": "the exact estimator's loss in place of GRPO's, plus the text-KL and ℓ1 terms and metrics",
+    "_get_per_token_logps_and_entropies": "the LM head on completion positions only (off GPU, TRL's runs it on all)",
     "_save_optimizer_and_scheduler": "optimizer and scheduler state as safetensors + JSON (no pickle)",
     "_save_scaler": "the gradient scaler as safetensors + JSON (no pickle); read back by `_load_scaler`",
     "_save_rng_state": "RNG states as safetensors + JSON (no pickle)",
@@ -67,6 +68,31 @@ class SteeringDisabledPolicy(nn.Module):
     def forward(self, *args, **kwargs):
         with self.steering.disabled():
             return self.policy(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def lm_head_on_last_positions(model: nn.Module, keep: int):
+    """While open, a fused-LM-head call of `model` (TRL's `add_fused_lm_head`) scores only its last `keep` next-token
+    labels: the labels and the backbone's hidden states are cut to the last `keep + 1` positions, so the head (a
+    vocabulary-sized matmul, forward and backward) skips the prompt. TRL does this only where Triton runs; elsewhere
+    it projects every position and masks the prompt's afterwards. The log-probabilities kept are the same."""
+
+    def cut_labels(module, args, kwargs):
+        if kwargs.get("fused_lm_head") and kwargs.get("labels") is not None:
+            return args, {**kwargs, "labels": kwargs["labels"][:, -keep - 1:]}
+        return None
+
+    def cut_hidden_states(module, args, output):
+        output.last_hidden_state = output.last_hidden_state[:, -keep - 1:]
+        return output
+
+    handles = [model.register_forward_pre_hook(cut_labels, with_kwargs=True),
+               model.base_model.register_forward_hook(cut_hidden_states)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
@@ -127,6 +153,21 @@ class TrlSeam:
         else:
             loss = super()._compute_loss(model, inputs)
         return self._with_dso_terms(model, loss, mode)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, pixel_values=None,
+                                           image_grid_thw=None, num_images=None, pixel_attention_mask=None,
+                                           spatial_shapes=None, num_tiles=None, image_sizes=None, token_type_ids=None,
+                                           mm_token_type_ids=None, image_position_ids=None):
+        # the policy (`self.model`) is what TRL gave the fused head; the reference (`SteeringDisabledPolicy`) calls it
+        with lm_head_on_last_positions(self.accelerator.unwrap_model(self.model), logits_to_keep):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, pixel_values=pixel_values,
+                image_grid_thw=image_grid_thw, num_images=num_images, pixel_attention_mask=pixel_attention_mask,
+                spatial_shapes=spatial_shapes, num_tiles=num_tiles, image_sizes=image_sizes,
+                token_type_ids=token_type_ids, mm_token_type_ids=mm_token_type_ids,
+                image_position_ids=image_position_ids)
 
     def _record(self, mode: str, name: str, value: float) -> None:
         """One value of a metric, logged (averaged) with GRPOTrainer's own at the next logging step."""
