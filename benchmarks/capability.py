@@ -34,7 +34,8 @@ def one_run(coef: float, output_dir: str, max_steps: int | None) -> dict:
     generations = json.loads((Path(output_dir) / "generations.json").read_text())
     return {"text_kl_coef": coef, "output_dir": output_dir, "train_seconds": metrics["train_seconds"],
             "steps": metrics["steps"], "seconds_per_step": metrics["train_seconds"] / max(metrics["steps"], 1),
-            "learning_rate": args.learning_rate, "sweep": metrics["sweep"], "generations": generations}
+            "learning_rate": args.learning_rate,
+            "steering_use_shift": args.steering_use_shift, "sweep": metrics["sweep"], "generations": generations}
 
 
 def verdict(run: dict) -> dict:

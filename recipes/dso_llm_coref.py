@@ -90,7 +90,8 @@ def main(script_args: CorefScriptArguments, training_args, model_args) -> dict:
 
 
 def make_parser():
-    return dso.make_parser(CorefScriptArguments, model_name_or_path=DEFAULT_MODEL)
+    # the paper's map, scale and shift (`dso-trl train`'s default is the demo's scale-only steering)
+    return dso.make_parser(CorefScriptArguments, model_name_or_path=DEFAULT_MODEL, steering_use_shift=True)
 
 
 if __name__ == "__main__":

@@ -66,13 +66,13 @@ def test_train_defaults_are_the_readme_recipe():
 
     args, config, _ = make_parser().parse_args_and_config([])
     assert (config.estimator, config.learning_rate, config.per_device_train_batch_size, config.num_generations,
-            config.max_steps, config.scale_rewards, config.text_kl_coef, config.gradient_checkpointing) == \
-        ("exact", 2e-3, 32, 2, 100, "none", 3.0, False)
+            config.max_steps, config.scale_rewards, config.text_kl_coef, config.steering_use_shift,
+            config.gradient_checkpointing) == ("exact", 5e-3, 32, 2, 100, "none", 3.0, False, False)
     assert config.max_completion_length is None and not config.dataloader_pin_memory
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert ('estimator="exact", learning_rate=2e-3, per_device_train_batch_size=32,\n                 '
+    assert ('estimator="exact", learning_rate=5e-3, per_device_train_batch_size=32,\n                 '
             'num_generations=2, max_steps=100, scale_rewards="none", text_kl_coef=3.0,\n                 '
-            'gradient_checkpointing=False') in readme
+            'steering_use_shift=False, gradient_checkpointing=False') in readme
 
     class WordTokenizer:  # one token per word
         def __call__(self, text, add_special_tokens=False):

@@ -37,9 +37,10 @@ from .parser import DSOParser
 # The README's recipe (the demo's), the defaults of every entry point: GRPOConfig's own (sampled estimator,
 # 512-token completions) make a one-word answer cost minutes per step on a CPU. `max_completion_length` None is the
 # task's longest answer. A recipe's YAML config sets its own values on top.
-TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=2e-3, per_device_train_batch_size=32, num_generations=2,
-                      max_steps=100, scale_rewards="none", text_kl_coef=3.0, gradient_checkpointing=False,
-                      max_completion_length=None, output_dir="outputs/train", logging_steps=10, save_steps=20)
+TRAIN_DEFAULTS = dict(estimator="exact", learning_rate=5e-3, per_device_train_batch_size=32, num_generations=2,
+                      max_steps=100, scale_rewards="none", text_kl_coef=3.0, steering_use_shift=False,
+                      gradient_checkpointing=False, max_completion_length=None, output_dir="outputs/train",
+                      logging_steps=10, save_steps=20)
 DEFAULT_SWEEP_STRENGTHS = (0.0, 0.5, 1.0)
 STEERING_DIR = "steering"
 SWEEP_DIR = "sweep"
