@@ -132,3 +132,74 @@ def test_per_token_logps_and_steering_gradients_equal_trls_with_the_head_on_comp
         assert all(grad is not None and grad.abs().sum() > 0 for grad in ours[2])
         for mine, trls in zip(ours[2], theirs[2]):
             torch.testing.assert_close(mine, trls, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gpt2", "qwen2_vl"])
+def test_repeated_prompts_run_once_with_the_same_logps_and_gradients_as_trls(tmp_path, tokenizer, family):
+    args = DSOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, report_to=[],
+                     use_cpu=True, save_strategy="no")
+    trainer = DSOTrainer(make_model(family), rewards(), args=args, train_dataset=pronoun_rows(),
+                         processing_class=tokenizer)
+    with torch.no_grad():
+        for param in trainer.steering.parameters():
+            param.normal_(0, 0.3)
+    generator = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, 40, (3, 10), generator=generator)
+    prompt_mask = torch.ones_like(prompts)
+    prompt_mask[0, :3] = 0  # left padding, the same for all of a prompt's completions
+    rows = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2])  # 3 completions per prompt, shuffled as GRPOTrainer does
+    completions = torch.randint(3, 40, (9, 3), generator=generator)
+    completion_mask = torch.ones_like(completions)
+    completion_mask[4, -1] = 0  # a completion that ended early
+    input_ids = torch.cat([prompts[rows], completions], dim=1)
+    attention_mask = torch.cat([prompt_mask[rows], completion_mask], dim=1)
+    positions = []
+    embeddings = trainer.model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, inputs, output: positions.append(inputs[0].numel()))
+
+    def logps_and_gradients(method):
+        for param in trainer.steering.parameters():
+            param.grad = None
+        logps, _, _ = method(trainer, trainer.model, input_ids, attention_mask, 3)
+        logps.sum().backward()
+        return logps, [param.grad for param in trainer.steering.parameters()]
+
+    ours = logps_and_gradients(DSOTrainer._get_per_token_logps_and_entropies)
+    theirs = logps_and_gradients(GRPOTrainer._get_per_token_logps_and_entropies)
+    handle.remove()
+    if family == "qwen2_vl":  # a VLM's positions depend on its images: full passes, only the head is cut
+        assert positions == [9 * 13, 9 * 13]
+    else:  # each prompt once (but its last token), then 4 tokens per row; TRL: every position of every row
+        assert positions == [3 * 9, 9 * 4, 9 * 13]
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
+    for mine, trls in zip(ours[1], theirs[1]):
+        torch.testing.assert_close(mine, trls, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_generation_runs_each_prompt_once_and_samples_what_trls_does(tmp_path, tokenizer, family):
+    args = DSOConfig(output_dir=str(tmp_path), per_device_train_batch_size=3, num_generations=3,
+                     max_completion_length=4, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = DSOTrainer(make_model(family), rewards(), args=args, train_dataset=pronoun_rows(),
+                         processing_class=tokenizer)
+    with torch.no_grad():
+        for param in trainer.steering.parameters():
+            param.normal_(0, 0.3)
+    prompts = [[5, 9, 14, 27, 33], [7, 8, 90], [11, 12, 13, 14]]
+    prompt_ids = [prompts[i] for i in (0, 0, 0, 1, 1, 1, 2, 2, 2)]  # TRL repeats each prompt num_generations times
+    positions = []
+    embeddings = trainer.model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, inputs, output: positions.append(inputs[0].shape))
+
+    def completions(method):
+        positions.clear()
+        torch.manual_seed(0)
+        return method(trainer, prompt_ids, None, {}, 3)[0], list(positions)
+
+    ours, our_positions = completions(DSOTrainer._generate_single_turn)
+    theirs, their_positions = completions(GRPOTrainer._generate_single_turn)
+    handle.remove()
+    assert ours == theirs and len(set(map(tuple, ours))) > 3  # the same samples, not all alike
+    assert our_positions[:2] == [(3, 4), (9, 1)]  # each padded prompt but its last token once, then one per row
+    assert their_positions[0] == (9, 5)  # TRL: every prompt of every row
+    assert our_positions[2:] == their_positions[1:]

@@ -30,12 +30,15 @@ from .checkpoint import (
     rng_state,
     save_tree,
 )
+from .shared_prompts import generation_with_shared_prompts, last_hidden_states, replaced_method
 
 OVERRIDES: dict[str, str] = {
     "_get_train_sampler": "an order seeded by (seed, epoch) for exact resume; every row once for the exact estimator",
     "_prepare_inputs": "the exact estimator needs no generation: the rows themselves, split into micro-batches",
     "_compute_loss": "the exact estimator's loss in place of GRPO's, plus the text-KL and ℓ1 terms and metrics",
-    "_get_per_token_logps_and_entropies": "the LM head on completion positions only (off GPU, TRL's runs it on all)",
+    "_get_per_token_logps_and_entropies": ("the LM head on completion positions only (off GPU, TRL's runs it on all), "
+                                           "one backbone pass per distinct prompt"),
+    "_generate_single_turn": "transformers generation runs each distinct prompt once for all of its completions",
     "_save_optimizer_and_scheduler": "optimizer and scheduler state as safetensors + JSON (no pickle)",
     "_save_scaler": "the gradient scaler as safetensors + JSON (no pickle); read back by `_load_scaler`",
     "_save_rng_state": "RNG states as safetensors + JSON (no pickle)",
@@ -73,26 +76,39 @@ class SteeringDisabledPolicy(nn.Module):
 @contextlib.contextmanager
 def lm_head_on_last_positions(model: nn.Module, keep: int):
     """While open, a fused-LM-head call of `model` (TRL's `add_fused_lm_head`) scores only its last `keep` next-token
-    labels: the labels and the backbone's hidden states are cut to the last `keep + 1` positions, so the head (a
-    vocabulary-sized matmul, forward and backward) skips the prompt. TRL does this only where Triton runs; elsewhere
-    it projects every position and masks the prompt's afterwards. The log-probabilities kept are the same."""
+    labels: the labels are cut to the last `keep + 1` positions and the backbone returns hidden states there only, so
+    the head (a vocabulary-sized matmul, forward and backward) skips the prompt. TRL does this only where Triton runs;
+    elsewhere it projects every position and masks the prompt's afterwards. On a text model without activation
+    checkpointing the backbone also runs each distinct prompt once for all of its completions (`shared_prompts`).
+    The log-probabilities are the same."""
 
     def cut_labels(module, args, kwargs):
         if kwargs.get("fused_lm_head") and kwargs.get("labels") is not None:
             return args, {**kwargs, "labels": kwargs["labels"][:, -keep - 1:]}
         return None
 
-    def cut_hidden_states(module, args, output):
-        output.last_hidden_state = output.last_hidden_state[:, -keep - 1:]
-        return output
+    backbone = model.base_model
+    full_forward = backbone.forward
+    # gradient checkpointing turns the key/value cache off
+    share_prompts = is_text_model(model) and not backbone.is_activation_checkpointing
 
-    handles = [model.register_forward_pre_hook(cut_labels, with_kwargs=True),
-               model.base_model.register_forward_hook(cut_hidden_states)]
+    def forward(input_ids=None, attention_mask=None, **kwargs):
+        if input_ids is None or attention_mask is None:
+            return full_forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return last_hidden_states(full_forward, keep + 1, input_ids, attention_mask, share_prompts=share_prompts,
+                                  **kwargs)
+
+    handle = model.register_forward_pre_hook(cut_labels, with_kwargs=True)
     try:
-        yield
+        with replaced_method(backbone, "forward", forward):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
+
+
+def is_text_model(model: nn.Module) -> bool:
+    """Not a VLM: a VLM's positions depend on its images, so its prompts are not shared."""
+    return model.config.get_text_config() is model.config
 
 
 @contextlib.contextmanager
@@ -168,6 +184,13 @@ class TrlSeam:
                 spatial_shapes=spatial_shapes, num_tiles=num_tiles, image_sizes=image_sizes,
                 token_type_ids=token_type_ids, mm_token_type_ids=mm_token_type_ids,
                 image_position_ids=image_position_ids)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        model = self.accelerator.unwrap_model(self.model)
+        sharing = generation_with_shared_prompts(model) if is_text_model(model) else contextlib.nullcontext()
+        with sharing:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images=has_tool_images)
 
     def _record(self, mode: str, name: str, value: float) -> None:
         """One value of a metric, logged (averaged) with GRPOTrainer's own at the next logging step."""
