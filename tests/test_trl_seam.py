@@ -203,3 +203,26 @@ def test_generation_runs_each_prompt_once_and_samples_what_trls_does(tmp_path, t
     assert our_positions[:2] == [(3, 4), (9, 1)]  # each padded prompt but its last token once, then one per row
     assert their_positions[0] == (9, 5)  # TRL: every prompt of every row
     assert our_positions[2:] == their_positions[1:]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_shared_prompt_generation_scores_every_step_as_generate_does(family):
+    from transformers import GenerationConfig
+
+    from dso_trl.trainer.shared_prompts import generation_with_shared_prompts
+
+    model = make_model(family)
+    input_ids = torch.tensor([[0, 0, 5, 9, 14], [0, 0, 5, 9, 14], [7, 8, 90, 3, 4], [7, 8, 90, 3, 4]])
+    attention_mask = (input_ids != 0).long()  # two left-padded rows: generate counts their positions from 0
+    config = GenerationConfig(do_sample=False, max_new_tokens=3, output_scores=True, return_dict_in_generate=True,
+                              pad_token_id=0)
+
+    def scores():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        return torch.stack(output.scores)
+
+    plain = scores()
+    with generation_with_shared_prompts(model):
+        shared = scores()
+    assert "generate" not in model.__dict__  # the class's method again
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)

@@ -18,14 +18,19 @@ import torch
 from torch import nn
 
 
-def shared_prefix_cache(forward: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor, split: int):
+def shared_prefix_cache(forward: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor, split: int,
+                        positions_from_mask: bool = False):
     """The key/value cache of every row's first `split` positions, from one `forward` (a causal backbone's) per distinct
-    prefix (tokens and padding), indexed out to the rows; None when no two rows share a prefix."""
+    prefix (tokens and padding), indexed out to the rows; None when no two rows share a prefix. Positions count from
+    the first position as in a plain forward, or from the first unpadded one (`positions_from_mask`) as `generate`
+    counts them."""
     prefixes = torch.cat([input_ids[:, :split], attention_mask[:, :split]], dim=1)
     prompts, prompt_of_row = torch.unique(prefixes, dim=0, return_inverse=True)
     if len(prompts) == len(input_ids):
         return None
-    cache = forward(input_ids=prompts[:, :split], attention_mask=prompts[:, split:], use_cache=True).cache
+    ids, mask = prompts[:, :split], prompts[:, split:]
+    positions = {"position_ids": (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)} if positions_from_mask else {}
+    cache = forward(input_ids=ids, attention_mask=mask, use_cache=True, **positions).cache
     cache.batch_select_indices(prompt_of_row)
     return cache
 
@@ -57,7 +62,8 @@ def generation_with_shared_prompts(model: nn.Module):
     def generate(input_ids=None, attention_mask=None, **kwargs):
         if (input_ids is not None and attention_mask is not None and input_ids.size(1) > 1
                 and set(kwargs) <= {"generation_config"}):
-            cache = shared_prefix_cache(model.base_model, input_ids, attention_mask, input_ids.size(1) - 1)
+            cache = shared_prefix_cache(model.base_model, input_ids, attention_mask, input_ids.size(1) - 1,
+                                        positions_from_mask=True)
             if cache is not None:
                 kwargs["cache"] = cache
         return full_generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
