@@ -73,6 +73,7 @@ class Options:
     in_process: bool
     output: str
     quiet: bool = False
+    save_steering: str | None = None
 
 
 @dataclass
@@ -162,6 +163,8 @@ class BenchmarkArguments:
     in_process: bool = field(default=False, metadata={
         "help": "run the methods in this process instead of one child process each (peak RSS is then not per method)"})
     quiet: bool = field(default=False, metadata={"help": "print only a line per evaluation and the summary"})
+    save_steering: str | None = field(default=None, metadata={
+        "help": "save each DSO method's trained steering to DIR/<method> (safetensors + JSON; default: not saved)"})
     child: str | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # internal: one method's job file
 
 
@@ -227,7 +230,7 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,
-        in_process=args.in_process, output=output, quiet=args.quiet,
+        in_process=args.in_process, output=output, quiet=args.quiet, save_steering=args.save_steering,
     )
 
 

@@ -56,6 +56,9 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         trainer.train()
         final_answers = evaluator.answer_rates(trainer.model)
+        steering = getattr(trainer, "steering", None)  # DSO: its λ curve, what it changed outside the task, saved
+        end_of_steering = steering_end_state(steering, tokenizer, evaluator, base, callback.evaluations[-1]["pob"],
+                                             opts.save_steering, method) if steering is not None else None
     last_log = next((entry for entry in reversed(trainer.state.log_history) if "reward" in entry), {})
     times = callback.step_times
     reached = callback.reached
@@ -77,6 +80,7 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         "final": callback.evaluations[-1] if callback.evaluations else None,
         "target_pob": target_pob_of(method, opts),
         "final_answer_rates": final_answers,
+        "steering": end_of_steering,
         "trainable_parameters": trainable,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_isolated": not opts.in_process,
@@ -89,6 +93,33 @@ def run_method(method: str, opts: Options, budget_s: float, base: dict[str, floa
         "hyperparameters": hyperparameters(method, trainer, opts),
         "base": base,
     }
+
+
+def steering_end_state(steering, tokenizer, evaluator: HeldOutEvaluator, base: dict, final_pob: float,
+                       save_to: str | None, method: str) -> dict[str, Any]:
+    """A trained DSO steering's held-out POB at λ = 0, 0.25, …, 1 (the ends are the base and final evaluations), the
+    capability suite at λ = 1 (text KL, perplexity ratio, MMLU agreement: what it changed outside the task), and
+    where it was saved (`--save_steering`)."""
+    from dso_trl.evaluation.capability import CapabilitySuite
+
+    pob = {0.0: base["pob"]}
+    for strength in (0.25, 0.5, 0.75):
+        steering.set_strength(strength)
+        pob[strength] = evaluator.pob(steering.model)
+    steering.set_strength(1.0)
+    pob[1.0] = final_pob
+    curve = list(pob.values())
+    capability = CapabilitySuite(tokenizer).measure(steering).to_dict()
+    log(f"[{method}] POB by λ: " + ", ".join(f"{k:g}: {v:.1f}" for k, v in pob.items()) + f"; at λ = 1 text KL "
+        f"{capability['text_kl']:.3f}, perplexity ×{capability['perplexity_ratio']:.3f}, MMLU agreement "
+        f"{capability['mmlu_agreement']:.1f}%")
+    saved = None
+    if save_to:
+        saved = str(Path(save_to) / method)
+        steering.save_pretrained(saved)
+    return {"pob_by_lambda": {f"{k:g}": v for k, v in pob.items()},
+            "pob_monotonic": all(a >= b for a, b in zip(curve, curve[1:])),
+            "capability_at_1": capability, "saved_to": saved}
 
 
 def run_child(method: str, opts: Options, budget_s: float, base_path: Path, folder: Path) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def test_help_is_complete_and_fast():
 
 def test_smoke_run_writes_the_results_json(bench, tmp_path):
     output = tmp_path / "training.json"
-    report = bench.run_benchmark(options(bench, "--in_process", "--output", str(output)))
+    report = bench.run_benchmark(options(bench, "--in_process", "--output", str(output),
+                                         "--save_steering", str(tmp_path / "steerings")))
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     assert set(report) == {"machine", "model", "target", "methods", "ratios", "config"}
     assert set(report["methods"]) == set(bench.METHODS)
@@ -64,6 +65,16 @@ def test_smoke_run_writes_the_results_json(bench, tmp_path):
         assert rates["completions"] > 0
         assert rates["parsed"] + rates["dont_know"] + rates["unparseable"] == pytest.approx(1.0)
         assert len(result["load_average_at_end"]) == 3
+        steering = result["steering"]  # DSO only: its λ curve, capability at λ = 1 and where it was saved
+        if name in ("exact", "grpo_sampled"):
+            pob = steering["pob_by_lambda"]
+            assert list(pob) == ["0", "0.25", "0.5", "0.75", "1"]
+            assert pob["0"] == report["target"]["base_pob"] and pob["1"] == result["final"]["pob"]
+            assert steering["pob_monotonic"] == all(a >= b for a, b in zip(list(pob.values()), list(pob.values())[1:]))
+            assert steering["capability_at_1"]["n_questions"] > 0 and steering["capability_at_1"]["text_kl"] >= 0
+            assert (Path(steering["saved_to"]) / "steering_config.json").is_file()
+        else:
+            assert steering is None
     trainable = {name: r["trainable_parameters"] for name, r in report["methods"].items()}
     assert trainable["exact"] == trainable["grpo_sampled"] == 2 * trainable["ln_tuning_grpo"]  # a and b vs w
     assert report["methods"]["lora_grpo"]["hyperparameters"]["peft"]["target_modules"] == ["q_proj", "v_proj"]
