@@ -48,7 +48,8 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
                   activation_checkpointing=False, dataloader_pin_memory=False, disable_tqdm=True)
     sampled = dict(per_device_train_batch_size=opts.micro_batch,
                    gradient_accumulation_steps=opts.batch_prompts * opts.num_generations // opts.micro_batch,
-                   num_generations=opts.num_generations, max_completion_length=opts.max_completion_length)
+                   num_generations=opts.num_generations, max_completion_length=opts.max_completion_length,
+                   scale_rewards=opts.scale_rewards)
     if method in ("exact", "grpo_sampled"):
         from dso_trl import DSOConfig, DSOTrainer
 

@@ -63,6 +63,7 @@ class Options:
     lr_scheduler_type: str
     lora_r: int
     beta: float
+    scale_rewards: str
     text_kl_coef: float
     exact_non_answers: bool
     exact_budget_s: float
@@ -151,6 +152,10 @@ class BenchmarkArguments:
     beta: float = field(default=0.0, metadata={
         "help": "sampled methods: weight of GRPO's per-token KL to the base model (DSO: the steering disabled; LoRA / "
                 "LN-tuning: the adapter disabled) (default 0)"})
+    scale_rewards: str = field(default="group", metadata={
+        "help": "sampled methods: GRPOConfig.scale_rewards; 'group' (GRPO's default) divides each prompt's advantages "
+                "by its rewards' standard deviation, 'none' keeps the plain reward differences, as the exact "
+                "estimator's recipe does (default group)", "choices": ["group", "batch", "none"]})
     text_kl_coef: float = field(default=0.0, metadata={
         "help": "DSO methods: DSOConfig.text_kl_coef, the KL to the base model on general text (default 0)"})
     exact_non_answers: bool = field(default=False, metadata={
@@ -226,7 +231,8 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         answer_max_tokens=args.answer_max_tokens,
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
-        lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, text_kl_coef=args.text_kl_coef,
+        lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, scale_rewards=args.scale_rewards,
+        text_kl_coef=args.text_kl_coef,
         exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,

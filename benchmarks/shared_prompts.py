@@ -7,7 +7,8 @@ completion budget) this times, in interleaved rounds (ours, TRL's, ours, ...; me
 measured in the same run):
 
   generation  DSOTrainer._generate_single_turn vs GRPOTrainer._generate_single_turn (same seed: the same samples)
-  scoring     _get_per_token_logps_and_entropies forward + backward into the steering, ours vs GRPOTrainer's
+  scoring     _get_per_token_logps_and_entropies forward + backward into the steering, in micro-batches of
+              --micro_batch rows, ours vs GRPOTrainer's
 
 and records the largest log-probability and gradient differences between the two (floating-point noise only).
 
@@ -44,11 +45,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--micro_batch", type=int, default=64,
+                        help="rows per scoring forward/backward (a multiple of --generations; 256 rows of TRL's "
+                             "full passes at once need more than 24 GB)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per method (median reported); >= 3")
     parser.add_argument("--output", default="benchmarks/results/shared_prompts.json")
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be at least 3")
+    if args.micro_batch % args.generations:
+        parser.error("--micro_batch must be a multiple of --generations (each prompt's rows in one micro-batch)")
 
     model, tokenizer = load_smollm2()
     rows = load_task("pronoun", prompt_format="answer")["train"].select(range(args.prompts))
@@ -68,12 +74,16 @@ def main() -> None:
         torch.manual_seed(0)
         return method(trainer, prompt_ids, None, {}, args.generations)[0]
 
-    def score(method):
+    def score(method):  # micro-batches of whole prompt groups, each backward at once, as the trainer's steps do
         for param in trainer.steering.parameters():
             param.grad = None
-        logps, _, _ = method(trainer, trainer.model, input_ids, attention_mask, keep)
-        logps.sum().backward()
-        return logps.detach(), [param.grad.clone() for param in trainer.steering.parameters()]
+        logps = []
+        for start in range(0, len(prompt_ids), args.micro_batch):
+            rows = slice(start, start + args.micro_batch)
+            chunk, _, _ = method(trainer, trainer.model, input_ids[rows], attention_mask[rows], keep)
+            chunk.sum().backward()
+            logps.append(chunk.detach())
+        return torch.cat(logps), [param.grad.clone() for param in trainer.steering.parameters()]
 
     methods = {"shared": DSOTrainer, "trl": GRPOTrainer}
     completions = generate(DSOTrainer._generate_single_turn)
@@ -88,7 +98,8 @@ def main() -> None:
 
     times = {stage: {name: [] for name in methods} for stage in ("generation", "scoring")}
     outputs = {}
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
         for name, cls in methods.items():
             seconds, samples = timed(lambda: generate(cls._generate_single_turn))
             times["generation"][name].append(seconds)
@@ -108,6 +119,7 @@ def main() -> None:
                     "threads": torch.get_num_threads()},
         "model": "SmolLM2-135M-Instruct", "task": "pronoun, answer prompt format, training split",
         "prompts": args.prompts, "generations": args.generations, "rows": len(prompt_ids),
+        "scoring_micro_batch": args.micro_batch,
         "prompt_tokens_median": statistics.median(map(len, prompts)), "completion_tokens": keep,
         "rounds": args.rounds, "stages": stages,
         "same_samples": ours_samples == trl_samples,
