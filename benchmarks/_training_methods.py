@@ -41,7 +41,7 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
     """The trainer of `method`, with the same rewards, rows, seed and prompts per step as every other method."""
     from dso_trl.rewards import GenderParityReward, UnambiguousAccuracyReward
 
-    rewards = [GenderParityReward(), UnambiguousAccuracyReward()]
+    rewards = [GenderParityReward(momentum=opts.parity_momentum), UnambiguousAccuracyReward()]
     common = dict(output_dir=output_dir, learning_rate=opts.learning_rates[method],
                   lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=0, max_steps=opts.max_steps,
                   logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed, bf16=False, fp16=False,
@@ -92,7 +92,8 @@ def hyperparameters(method: str, trainer, opts: Options) -> dict[str, Any]:
                                                                          if hasattr(args.lr_scheduler_type, "value")
                                                                          else args.lr_scheduler_type),
            "prompts_per_step": opts.batch_prompts, "optimizer": str(getattr(args.optim, "value", args.optim)),
-           "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta}
+           "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta,
+           "parity_momentum": opts.parity_momentum}
     if method in ("exact", "grpo_sampled"):
         out.update(text_kl_coef=args.text_kl_coef)
     if method == "exact":

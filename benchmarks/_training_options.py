@@ -64,6 +64,7 @@ class Options:
     lora_r: int
     beta: float
     scale_rewards: str
+    parity_momentum: float
     text_kl_coef: float
     exact_non_answers: bool
     exact_budget_s: float
@@ -156,6 +157,9 @@ class BenchmarkArguments:
         "help": "sampled methods: GRPOConfig.scale_rewards; 'group' (GRPO's default) divides each prompt's advantages "
                 "by its rewards' standard deviation, 'none' keeps the plain reward differences, as the exact "
                 "estimator's recipe does (default group)", "choices": ["group", "batch", "none"]})
+    parity_momentum: float = field(default=0.0, metadata={
+        "help": "every method: GenderParityReward(momentum=...); > 0 judges each answer against its occupation's "
+                "running majority over recent batches instead of the current batch's other answers (default 0)"})
     text_kl_coef: float = field(default=0.0, metadata={
         "help": "DSO methods: DSOConfig.text_kl_coef, the KL to the base model on general text (default 0)"})
     exact_non_answers: bool = field(default=False, metadata={
@@ -232,6 +236,7 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, scale_rewards=args.scale_rewards,
+        parity_momentum=args.parity_momentum,
         text_kl_coef=args.text_kl_coef,
         exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
