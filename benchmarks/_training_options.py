@@ -219,6 +219,8 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
     for name in ("batch_prompts", "num_generations", "micro_batch", "max_steps", "eval_every", "eval_batch_size"):
         if value[name] < (2 if name == "num_generations" else 1):
             raise ValueError(f"--{name} must be >= {2 if name == 'num_generations' else 1}, got {value[name]}")
+    if not 0.0 <= args.parity_momentum < 1.0:
+        raise ValueError(f"--parity_momentum must be in [0, 1), got {args.parity_momentum}")
     if args.smoke and args.model:
         raise ValueError("--smoke builds its own tiny model: drop --model")
     output = args.output or (str(Path(tempfile.gettempdir()) / "dso_trl_training_smoke.json") if args.smoke
@@ -236,9 +238,7 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, scale_rewards=args.scale_rewards,
-        parity_momentum=args.parity_momentum,
-        text_kl_coef=args.text_kl_coef,
-        exact_non_answers=args.exact_non_answers,
+        parity_momentum=args.parity_momentum, text_kl_coef=args.text_kl_coef, exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,
         in_process=args.in_process, output=output, quiet=args.quiet, save_steering=args.save_steering,

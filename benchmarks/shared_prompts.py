@@ -53,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be at least 3")
-    if args.micro_batch % args.generations:
-        parser.error("--micro_batch must be a multiple of --generations (each prompt's rows in one micro-batch)")
+    if args.micro_batch < 1 or args.micro_batch % args.generations:
+        parser.error("--micro_batch must be a positive multiple of --generations (a prompt's rows in one micro-batch)")
 
     model, tokenizer = load_smollm2()
     rows = load_task("pronoun", prompt_format="answer")["train"].select(range(args.prompts))
@@ -79,8 +79,8 @@ def main() -> None:
             param.grad = None
         logps = []
         for start in range(0, len(prompt_ids), args.micro_batch):
-            rows = slice(start, start + args.micro_batch)
-            chunk, _, _ = method(trainer, trainer.model, input_ids[rows], attention_mask[rows], keep)
+            part = slice(start, start + args.micro_batch)
+            chunk, _, _ = method(trainer, trainer.model, input_ids[part], attention_mask[part], keep)
             chunk.sum().backward()
             logps.append(chunk.detach())
         return torch.cat(logps), [param.grad.clone() for param in trainer.steering.parameters()]

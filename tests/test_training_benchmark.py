@@ -124,6 +124,12 @@ def test_budgets(bench):
         bench.parse_budgets(["lora=5"])
 
 
+def test_parity_momentum_is_refused_outside_its_range(bench):
+    assert options(bench, "--parity_momentum", "0.9").parity_momentum == 0.9
+    with pytest.raises(ValueError, match="--parity_momentum must be in"):
+        options(bench, "--parity_momentum", "1")
+
+
 def test_cli_runs_each_method_in_a_child_process(tmp_path):
     output = tmp_path / "training.json"
     subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--methods", "exact", "--threads", "1", "--quiet",
