@@ -43,9 +43,10 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
 
     rewards = [GenderParityReward(momentum=opts.parity_momentum), UnambiguousAccuracyReward()]
     common = dict(output_dir=output_dir, learning_rate=opts.learning_rates[method],
-                  lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=0, max_steps=opts.max_steps,
-                  logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed, bf16=False, fp16=False,
-                  activation_checkpointing=False, dataloader_pin_memory=False, disable_tqdm=True)
+                  lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=0,
+                  max_steps=opts.max_steps, logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed,
+                  bf16=False, fp16=False, activation_checkpointing=False, dataloader_pin_memory=False,
+                  disable_tqdm=True)
     sampled = dict(per_device_train_batch_size=opts.micro_batch,
                    gradient_accumulation_steps=opts.batch_prompts * opts.num_generations // opts.micro_batch,
                    num_generations=opts.num_generations, max_completion_length=opts.max_completion_length,
@@ -56,9 +57,11 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
         if method == "exact":
             args = DSOConfig(estimator="exact", per_device_train_batch_size=opts.batch_prompts, num_generations=2,
                              scale_rewards="none", text_kl_coef=opts.text_kl_coef,
+                             steering_use_shift=opts.steering_use_shift,
                              exact_non_answers=opts.exact_non_answers, **common)
         else:
-            args = DSOConfig(estimator="sampled", beta=opts.beta, text_kl_coef=opts.text_kl_coef, **sampled, **common)
+            args = DSOConfig(estimator="sampled", beta=opts.beta, text_kl_coef=opts.text_kl_coef,
+                             steering_use_shift=opts.steering_use_shift, **sampled, **common)
         trainer = DSOTrainer(model, rewards, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                              callbacks=[callback] if callback else None)
     else:
@@ -95,7 +98,7 @@ def hyperparameters(method: str, trainer, opts: Options) -> dict[str, Any]:
            "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta,
            "parity_momentum": opts.parity_momentum}
     if method in ("exact", "grpo_sampled"):
-        out.update(text_kl_coef=args.text_kl_coef)
+        out.update(text_kl_coef=args.text_kl_coef, steering_use_shift=args.steering_use_shift)
     if method == "exact":
         out.update(estimator="exact", rows_per_step=opts.batch_prompts, non_answers=args.exact_non_answers)
     else:

@@ -65,6 +65,7 @@ class Options:
     beta: float
     scale_rewards: str
     parity_momentum: float
+    steering_use_shift: bool
     text_kl_coef: float
     exact_non_answers: bool
     exact_budget_s: float
@@ -160,6 +161,8 @@ class BenchmarkArguments:
     parity_momentum: float = field(default=0.0, metadata={
         "help": "every method: GenderParityReward(momentum=...); > 0 judges each answer against its occupation's "
                 "running majority over recent batches instead of the current batch's other answers (default 0)"})
+    steering_use_shift: bool = field(default=True, metadata={
+        "help": "DSO methods: DSOConfig.steering_use_shift; false learns the scale `a` only (default true)"})
     text_kl_coef: float = field(default=0.0, metadata={
         "help": "DSO methods: DSOConfig.text_kl_coef, the KL to the base model on general text (default 0)"})
     exact_non_answers: bool = field(default=False, metadata={
@@ -238,7 +241,8 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, scale_rewards=args.scale_rewards,
-        parity_momentum=args.parity_momentum, text_kl_coef=args.text_kl_coef, exact_non_answers=args.exact_non_answers,
+        parity_momentum=args.parity_momentum, steering_use_shift=args.steering_use_shift,
+        text_kl_coef=args.text_kl_coef, exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,
         in_process=args.in_process, output=output, quiet=args.quiet, save_steering=args.save_steering,

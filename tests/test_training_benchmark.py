@@ -97,6 +97,22 @@ def test_child_job_round_trip(bench, tmp_path):
     assert json.loads(base.read_text()) == done["base"]  # later children reuse the base figures
 
 
+def test_scale_only_steering_reaches_the_trainer(bench, tmp_path):
+    def child(*argv) -> dict:
+        opts = options(bench, "--methods", "exact", "--max_steps", "1", *argv)
+        job, result = tmp_path / "job.json", tmp_path / "result.json"
+        job.write_text(json.dumps({"method": "exact", "options": dataclasses.asdict(opts), "budget_s": 30.0,
+                                   "base_path": str(tmp_path / "base.json"), "result_path": str(result)}))
+        bench.child_main(str(job))
+        return json.loads(result.read_text())
+
+    default = child()
+    scale_only = child("--steering_use_shift", "false")
+    assert default["hyperparameters"]["steering_use_shift"] is True
+    assert scale_only["hyperparameters"]["steering_use_shift"] is False
+    assert default["trainable_parameters"] == 2 * scale_only["trainable_parameters"]  # a and b vs a alone
+
+
 def run(reached: bool, seconds: float, budget: float = 100.0) -> dict:
     return {"reached_target": reached, "time_to_target_s": seconds if reached else None, "train_time_s": seconds,
             "budget_s": budget, "steps_run": 10, "seconds_per_step": 2.0}
