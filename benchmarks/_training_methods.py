@@ -43,10 +43,9 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
 
     rewards = [GenderParityReward(momentum=opts.parity_momentum), UnambiguousAccuracyReward()]
     common = dict(output_dir=output_dir, learning_rate=opts.learning_rates[method],
-                  lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=0,
-                  max_steps=opts.max_steps, logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed,
-                  bf16=False, fp16=False, activation_checkpointing=False, dataloader_pin_memory=False,
-                  disable_tqdm=True)
+                  lr_scheduler_type=opts.lr_scheduler_type, warmup_steps=0, max_steps=opts.max_steps,
+                  logging_steps=1, save_strategy="no", report_to=[], seed=opts.seed, bf16=False, fp16=False,
+                  activation_checkpointing=False, dataloader_pin_memory=False, disable_tqdm=True)
     sampled = dict(per_device_train_batch_size=opts.micro_batch,
                    gradient_accumulation_steps=opts.batch_prompts * opts.num_generations // opts.micro_batch,
                    num_generations=opts.num_generations, max_completion_length=opts.max_completion_length,

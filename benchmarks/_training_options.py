@@ -224,6 +224,8 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
             raise ValueError(f"--{name} must be >= {2 if name == 'num_generations' else 1}, got {value[name]}")
     if not 0.0 <= args.parity_momentum < 1.0:
         raise ValueError(f"--parity_momentum must be in [0, 1), got {args.parity_momentum}")
+    if not args.steering_use_shift and not {"exact", "grpo_sampled"} & set(args.methods):
+        raise ValueError("--steering_use_shift applies to the DSO methods (exact, grpo_sampled): none is selected")
     if args.smoke and args.model:
         raise ValueError("--smoke builds its own tiny model: drop --model")
     output = args.output or (str(Path(tempfile.gettempdir()) / "dso_trl_training_smoke.json") if args.smoke

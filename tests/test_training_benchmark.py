@@ -86,31 +86,30 @@ def test_smoke_run_writes_the_results_json(bench, tmp_path):
     assert "grpo_sampled / lora_grpo" in report["ratios"]["seconds_per_step"]
 
 
-def test_child_job_round_trip(bench, tmp_path):
-    opts = options(bench, "--methods", "exact", "--max_steps", "1")
-    job, result, base = tmp_path / "job.json", tmp_path / "result.json", tmp_path / "base.json"
+def exact_child(bench, tmp_path, *argv) -> dict:
+    """One step of the exact method through the child-process entry point; its result JSON."""
+    opts = options(bench, "--methods", "exact", "--max_steps", "1", *argv)
+    job, result = tmp_path / "job.json", tmp_path / "result.json"
     job.write_text(json.dumps({"method": "exact", "options": dataclasses.asdict(opts), "budget_s": 30.0,
-                               "base_path": str(base), "result_path": str(result)}))
+                               "base_path": str(tmp_path / "base.json"), "result_path": str(result)}))
     bench.child_main(str(job))
-    done = json.loads(result.read_text())
+    return json.loads(result.read_text())
+
+
+def test_child_job_round_trip(bench, tmp_path):
+    done = exact_child(bench, tmp_path)
     assert done["steps_run"] == 1 and done["peak_rss_isolated"] is True
-    assert json.loads(base.read_text()) == done["base"]  # later children reuse the base figures
+    assert json.loads((tmp_path / "base.json").read_text()) == done["base"]  # later children reuse the base figures
 
 
 def test_scale_only_steering_reaches_the_trainer(bench, tmp_path):
-    def child(*argv) -> dict:
-        opts = options(bench, "--methods", "exact", "--max_steps", "1", *argv)
-        job, result = tmp_path / "job.json", tmp_path / "result.json"
-        job.write_text(json.dumps({"method": "exact", "options": dataclasses.asdict(opts), "budget_s": 30.0,
-                                   "base_path": str(tmp_path / "base.json"), "result_path": str(result)}))
-        bench.child_main(str(job))
-        return json.loads(result.read_text())
-
-    default = child()
-    scale_only = child("--steering_use_shift", "false")
+    default = exact_child(bench, tmp_path)
+    scale_only = exact_child(bench, tmp_path, "--steering_use_shift", "false")
     assert default["hyperparameters"]["steering_use_shift"] is True
     assert scale_only["hyperparameters"]["steering_use_shift"] is False
     assert default["trainable_parameters"] == 2 * scale_only["trainable_parameters"]  # a and b vs a alone
+    with pytest.raises(ValueError, match="--steering_use_shift applies to the DSO methods"):
+        options(bench, "--methods", "lora_grpo", "--steering_use_shift", "false")
 
 
 def run(reached: bool, seconds: float, budget: float = 100.0) -> dict:
