@@ -49,18 +49,18 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
     sampled = dict(per_device_train_batch_size=opts.micro_batch,
                    gradient_accumulation_steps=opts.batch_prompts * opts.num_generations // opts.micro_batch,
                    num_generations=opts.num_generations, max_completion_length=opts.max_completion_length,
-                   scale_rewards=opts.scale_rewards)
+                   scale_rewards=opts.scale_rewards, reward_weights=opts.sampled_reward_weights)
     if method in ("exact", "grpo_sampled"):
         from dso_trl import DSOConfig, DSOTrainer
 
         if method == "exact":
             args = DSOConfig(estimator="exact", per_device_train_batch_size=opts.batch_prompts, num_generations=2,
                              scale_rewards="none", text_kl_coef=opts.text_kl_coef,
-                             steering_use_shift=opts.steering_use_shift,
+                             steering_use_shift=opts.steering_use_shift[method],
                              exact_non_answers=opts.exact_non_answers, **common)
         else:
             args = DSOConfig(estimator="sampled", beta=opts.beta, text_kl_coef=opts.text_kl_coef,
-                             steering_use_shift=opts.steering_use_shift, **sampled, **common)
+                             steering_use_shift=opts.steering_use_shift[method], **sampled, **common)
         trainer = DSOTrainer(model, rewards, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                              callbacks=[callback] if callback else None)
     else:
@@ -95,7 +95,7 @@ def hyperparameters(method: str, trainer, opts: Options) -> dict[str, Any]:
                                                                          else args.lr_scheduler_type),
            "prompts_per_step": opts.batch_prompts, "optimizer": str(getattr(args.optim, "value", args.optim)),
            "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta,
-           "parity_momentum": opts.parity_momentum}
+           "parity_momentum": opts.parity_momentum, "reward_weights": [float(w) for w in trainer.reward_weights]}
     if method in ("exact", "grpo_sampled"):
         out.update(text_kl_coef=args.text_kl_coef, steering_use_shift=args.steering_use_shift)
     if method == "exact":

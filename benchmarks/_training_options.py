@@ -65,7 +65,8 @@ class Options:
     beta: float
     scale_rewards: str
     parity_momentum: float
-    steering_use_shift: bool
+    sampled_reward_weights: list[float]
+    steering_use_shift: dict[str, bool]
     text_kl_coef: float
     exact_non_answers: bool
     exact_budget_s: float
@@ -161,8 +162,14 @@ class BenchmarkArguments:
     parity_momentum: float = field(default=0.0, metadata={
         "help": "every method: GenderParityReward(momentum=...); > 0 judges each answer against its occupation's "
                 "running majority over recent batches instead of the current batch's other answers (default 0)"})
-    steering_use_shift: bool = field(default=True, metadata={
-        "help": "DSO methods: DSOConfig.steering_use_shift; false learns the scale `a` only (default true)"})
+    sampled_reward_weights: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={
+        "metavar": "PARITY ACCURACY", "nargs": 2,
+        "help": "sampled methods: TRL reward_weights of (GenderParityReward, UnambiguousAccuracyReward); exact keeps "
+                "equal weights (default 1 1)"})
+    steering_use_shift: list[str] = field(default_factory=lambda: ["true"], metadata={
+        "metavar": "[METHOD=]BOOL",
+        "help": "DSO methods: DSOConfig.steering_use_shift, one value for both and/or METHOD=BOOL for one; false "
+                "learns the scale `a` only (default true)"})
     text_kl_coef: float = field(default=0.0, metadata={
         "help": "DSO methods: DSOConfig.text_kl_coef, the KL to the base model on general text (default 0)"})
     exact_non_answers: bool = field(default=False, metadata={
@@ -189,20 +196,36 @@ def make_parser(description: str) -> HfArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def parse_budgets(tokens: list[str]) -> tuple[float | None, dict[str, float]]:
-    default, per_method = None, {}
+def parse_per_method(flag: str, tokens: list[str], convert, methods=METHODS) -> tuple[Any, dict[str, Any]]:
+    """`[METHOD=]VALUE` tokens: (the value for every method or None, {method: value}); `convert` checks a value."""
+    default, values = None, {}
     for token in tokens:
         name, _, value = token.rpartition("=")
-        if name and name not in METHODS:
-            raise ValueError(f"--budget_s: unknown method {name!r} (choose from {', '.join(METHODS)})")
-        seconds = float(value)
-        if not seconds > 0:
-            raise ValueError(f"--budget_s: budgets must be > 0 seconds, got {token!r}")
+        if name and name not in methods:
+            raise ValueError(f"{flag}: unknown method {name!r} (choose from {', '.join(methods)})")
         if name:
-            per_method[name] = seconds
+            values[name] = convert(value)
         else:
-            default = seconds
-    return default, per_method
+            default = convert(value)
+    return default, values
+
+
+def parse_budgets(tokens: list[str]) -> tuple[float | None, dict[str, float]]:
+    def seconds(value: str) -> float:
+        if not float(value) > 0:
+            raise ValueError(f"--budget_s: budgets must be > 0 seconds, got {value!r}")
+        return float(value)
+
+    return parse_per_method("--budget_s", tokens, seconds)
+
+
+def parse_bool(flag: str):
+    def convert(value: str) -> bool:
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{flag}: expected true or false, got {value!r}")
+        return value.lower() == "true"
+
+    return convert
 
 
 def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
@@ -224,8 +247,15 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
             raise ValueError(f"--{name} must be >= {2 if name == 'num_generations' else 1}, got {value[name]}")
     if not 0.0 <= args.parity_momentum < 1.0:
         raise ValueError(f"--parity_momentum must be in [0, 1), got {args.parity_momentum}")
-    if not args.steering_use_shift and not {"exact", "grpo_sampled"} & set(args.methods):
+    dso_methods = ("exact", "grpo_sampled")
+    shift_default, shift = parse_per_method("--steering_use_shift", args.steering_use_shift, parse_bool(
+        "--steering_use_shift"), dso_methods)
+    shift = {m: shift.get(m, True if shift_default is None else shift_default) for m in dso_methods}
+    if not all(shift.values()) and not set(dso_methods) & set(args.methods):
         raise ValueError("--steering_use_shift applies to the DSO methods (exact, grpo_sampled): none is selected")
+    weights = [float(w) for w in args.sampled_reward_weights]
+    if len(weights) != 2 or min(weights) < 0 or not sum(weights) > 0:
+        raise ValueError(f"--sampled_reward_weights takes two weights >= 0, not both 0, got {weights}")
     if args.smoke and args.model:
         raise ValueError("--smoke builds its own tiny model: drop --model")
     output = args.output or (str(Path(tempfile.gettempdir()) / "dso_trl_training_smoke.json") if args.smoke
@@ -243,7 +273,7 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
         learning_rates={"exact": args.lr_exact, "grpo_sampled": args.lr_grpo_sampled, "lora_grpo": args.lr_lora,
                         "ln_tuning_grpo": args.lr_ln_tuning},
         lr_scheduler_type=args.lr_scheduler_type, lora_r=args.lora_r, beta=args.beta, scale_rewards=args.scale_rewards,
-        parity_momentum=args.parity_momentum, steering_use_shift=args.steering_use_shift,
+        parity_momentum=args.parity_momentum, sampled_reward_weights=weights, steering_use_shift=shift,
         text_kl_coef=args.text_kl_coef, exact_non_answers=args.exact_non_answers,
         exact_budget_s=float(value["exact_budget_s"]),
         budgets=budgets, budget_factor=args.budget_factor, seed=args.seed, threads=args.threads,

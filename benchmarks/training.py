@@ -1,8 +1,8 @@
 """Training cost of DSO (sampled GRPO and exact estimator) against weight-side PEFT baselines (issue #8).
 
 Four ways to remove SmolLM2-135M-Instruct's gender–occupation bias on the pronoun task, all with the same reward
-callables (`GenderParityReward` + `UnambiguousAccuracyReward`, equal weights), the same training rows and the same
-target:
+callables (`GenderParityReward` + `UnambiguousAccuracyReward`; equal weights unless --sampled_reward_weights weighs them
+for the sampled methods), the same training rows and the same target:
 
   exact           DSOTrainer(estimator="exact"): Σ p(option)·reward(option) from one forward pass per row, no sampling.
                   The README's recipe: lr 1e-3, 32 rows per step, num_generations 2 (unused), scale_rewards="none".
@@ -37,6 +37,10 @@ DSO's scale vector), LoRA 5e-4 (LoRA usually wants ~1e-4…1e-3, about 10× a fu
 this benchmark, all are flags. Every method uses a constant learning rate (no warm-up, AdamW, gradient clipping at 1,
 fp32): a decay over `max_steps` would tie a budget-limited run's learning rate to an arbitrary horizon.
 (`--lr_scheduler_type linear --max_steps 60` reproduces the README's exact run, which reached POB 3.5 at step 60.)
+Sampled GRPO judges each answer against 7 others, so its parity signal is noisy; the accuracy reward's is not, and with
+equal weights it pulls held-out POB up (to about 40 on SmolLM2 in the first 15 steps) before parity brings it back.
+`--sampled_reward_weights 3 1` lets parity lead; `--steering_use_shift grpo_sampled=false` drops the shift `b`, a
+context-free he/she offset whose swings set held-out POB (README, "Sampled GRPO").
 
 Budgets and the speed-up claim. `exact` runs first (cap --exact_budget_s). `grpo_sampled` then gets
 max(its --budget_s, --budget_factor × exact's time-to-target): if it misses the target, the speed-up of `exact` over
@@ -69,13 +73,13 @@ from __future__ import annotations
 import sys
 
 from _training_options import METHODS, Options, make_parser, parse_budgets, resolve_options
-from _training_methods import build_trainer, load_model, load_rows
+from _training_methods import build_trainer, hyperparameters, load_model, load_rows
 from _training_report import ratios, speedup
 from _training_runner import budget_for, child_main, run_benchmark
 
 # What the module offers besides `main` (tests/test_training_benchmark.py drives these).
-__all__ = ["METHODS", "Options", "budget_for", "build_parser", "build_trainer", "child_main", "load_model", "load_rows",
-           "main", "parse_budgets", "ratios", "resolve_options", "run_benchmark", "speedup"]
+__all__ = ["METHODS", "Options", "budget_for", "build_parser", "build_trainer", "child_main", "hyperparameters",
+           "load_model", "load_rows", "main", "parse_budgets", "ratios", "resolve_options", "run_benchmark", "speedup"]
 
 
 def build_parser():

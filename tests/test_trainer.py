@@ -62,6 +62,20 @@ def test_only_the_steering_trains_and_metrics_are_logged(tmp_path, tokenizer):
             "parity/dont_know_rate", "accuracy/unambiguous"} <= logged
 
 
+@pytest.mark.parametrize("estimator", ["sampled", "exact"])
+def test_shuffle_dataset_false_trains_in_the_datasets_order(tmp_path, tokenizer, estimator):
+    """An unshuffled run (e.g. rows laid out in counterfactual pairs) is honoured: it trains, in the dataset's order."""
+    args = make_args(tmp_path, shuffle_dataset=False, estimator=estimator, max_steps=2)
+    trainer = DSOTrainer(make_model("llama"), rewards(), args=args, train_dataset=pronoun_rows(),
+                         processing_class=tokenizer)
+    sampler = trainer._get_train_sampler()
+    sampler.set_epoch(1)
+    repeat = args.num_generations if estimator == "sampled" else 1
+    assert list(sampler)[::repeat][:4] == [0, 1, 2, 3]
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
 def test_checkpoints_hold_only_the_steering_and_resume_exactly(tmp_path, tokenizer):
     full = DSOTrainer(make_model("llama"), rewards(), args=make_args(tmp_path / "full", max_steps=4, save_steps=2,
                                                                       save_strategy="steps"),

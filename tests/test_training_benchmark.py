@@ -112,6 +112,32 @@ def test_scale_only_steering_reaches_the_trainer(bench, tmp_path):
         options(bench, "--methods", "lora_grpo", "--steering_use_shift", "false")
 
 
+def test_steering_use_shift_per_method(bench):
+    assert options(bench).steering_use_shift == {"exact": True, "grpo_sampled": True}
+    assert options(bench, "--steering_use_shift", "false", "exact=true").steering_use_shift == {
+        "exact": True, "grpo_sampled": False}
+    assert options(bench, "--steering_use_shift", "grpo_sampled=False").steering_use_shift == {
+        "exact": True, "grpo_sampled": False}
+    with pytest.raises(ValueError, match="--steering_use_shift: unknown method 'lora_grpo'"):
+        options(bench, "--steering_use_shift", "lora_grpo=false")
+    with pytest.raises(ValueError, match="--steering_use_shift: expected true or false, got 'no'"):
+        options(bench, "--steering_use_shift", "no")
+
+
+def test_sampled_reward_weights_reach_the_sampled_trainers_only(bench, tmp_path):
+    opts = options(bench, "--sampled_reward_weights", "3", "1")
+    task = bench.load_rows(opts)
+    weights = {}
+    for method in ("exact", "grpo_sampled", "lora_grpo"):
+        model, tokenizer, _ = bench.load_model(opts, task)
+        trainer = bench.build_trainer(method, model, tokenizer, task["train"], opts, None, str(tmp_path / method))
+        weights[method] = bench.hyperparameters(method, trainer, opts)["reward_weights"]
+    assert weights == {"exact": [1.0, 1.0], "grpo_sampled": [3.0, 1.0], "lora_grpo": [3.0, 1.0]}
+    for bad in (["-1", "1"], ["0", "0"]):
+        with pytest.raises(ValueError, match="--sampled_reward_weights takes two weights >= 0, not both 0"):
+            options(bench, "--sampled_reward_weights", *bad)
+
+
 def run(reached: bool, seconds: float, budget: float = 100.0) -> dict:
     return {"reached_target": reached, "time_to_target_s": seconds if reached else None, "train_time_s": seconds,
             "budget_s": budget, "steps_run": 10, "seconds_per_step": 2.0}

@@ -127,10 +127,11 @@ def trl_builds_no_reference(args):
 
 class EpochSeededSampler(RepeatSampler):
     """TRL's `RepeatSampler` whose shuffle is a function of (seed, epoch), not of how many epochs this process has
-    iterated: a run resumed in epoch e sees the order the uninterrupted run saw (the Trainer calls `set_epoch`)."""
+    iterated: a run resumed in epoch e sees the order the uninterrupted run saw (the Trainer calls `set_epoch`).
+    Without shuffling (`shuffle_dataset=False`) there is no generator and the order is the dataset's."""
 
     def set_epoch(self, epoch: int) -> None:
-        if self.seed is not None:
+        if self.shuffle and self.seed is not None:
             self.generator.manual_seed(self.seed + epoch)
 
 
