@@ -40,7 +40,7 @@ fp32): a decay over `max_steps` would tie a budget-limited run's learning rate t
 Sampled GRPO judges each answer against 7 others, so its parity signal is noisy; the accuracy reward's is not, and with
 equal weights it pulls held-out POB up (to about 40 on SmolLM2 in the first 15 steps) before parity brings it back.
 `--sampled_reward_weights 3 1` lets parity lead; `--steering_use_shift grpo_sampled=false` drops the shift `b`, a
-context-free he/she offset whose swings set held-out POB (README, "Sampled GRPO").
+context-free he/she offset (README: "Sampled GRPO reaches the target with the parity reward leading").
 
 Budgets and the speed-up claim. `exact` runs first (cap --exact_budget_s). `grpo_sampled` then gets
 max(its --budget_s, --budget_factor × exact's time-to-target): if it misses the target, the speed-up of `exact` over
