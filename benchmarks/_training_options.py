@@ -251,11 +251,15 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
     shift_default, shift = parse_per_method("--steering_use_shift", args.steering_use_shift, parse_bool(
         "--steering_use_shift"), dso_methods)
     shift = {m: shift.get(m, True if shift_default is None else shift_default) for m in dso_methods}
-    if not all(shift.values()) and not set(dso_methods) & set(args.methods):
-        raise ValueError("--steering_use_shift applies to the DSO methods (exact, grpo_sampled): none is selected")
+    scale_only = [m for m, use_shift in shift.items() if not use_shift]
+    if scale_only and not set(scale_only) & set(args.methods):
+        raise ValueError("--steering_use_shift applies to the DSO methods: false is set for "
+                         f"{' and '.join(scale_only)}, and none of them is selected")
     weights = [float(w) for w in args.sampled_reward_weights]
     if len(weights) != 2 or min(weights) < 0 or not sum(weights) > 0:
         raise ValueError(f"--sampled_reward_weights takes two weights >= 0, not both 0, got {weights}")
+    if weights != [1.0, 1.0] and not set(args.methods) - {"exact"}:
+        raise ValueError("--sampled_reward_weights applies to the sampled methods: none is selected")
     if args.smoke and args.model:
         raise ValueError("--smoke builds its own tiny model: drop --model")
     output = args.output or (str(Path(tempfile.gettempdir()) / "dso_trl_training_smoke.json") if args.smoke

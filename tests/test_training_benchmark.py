@@ -122,6 +122,8 @@ def test_steering_use_shift_per_method(bench):
         options(bench, "--steering_use_shift", "lora_grpo=false")
     with pytest.raises(ValueError, match="--steering_use_shift: expected true or false, got 'no'"):
         options(bench, "--steering_use_shift", "no")
+    with pytest.raises(ValueError, match="false is set for grpo_sampled, and none of them is selected"):
+        options(bench, "--methods", "exact", "--steering_use_shift", "grpo_sampled=false")
 
 
 def test_sampled_reward_weights_reach_the_sampled_trainers_only(bench, tmp_path):
@@ -136,6 +138,8 @@ def test_sampled_reward_weights_reach_the_sampled_trainers_only(bench, tmp_path)
     for bad in (["-1", "1"], ["0", "0"]):
         with pytest.raises(ValueError, match="--sampled_reward_weights takes two weights >= 0, not both 0"):
             options(bench, "--sampled_reward_weights", *bad)
+    with pytest.raises(ValueError, match="--sampled_reward_weights applies to the sampled methods: none is selected"):
+        options(bench, "--methods", "exact", "--sampled_reward_weights", "3", "1")
 
 
 def run(reached: bool, seconds: float, budget: float = 100.0) -> dict:
