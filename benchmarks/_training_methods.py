@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from _training_options import Options
+from _training_options import DSO_METHODS, Options
 
 
 def load_rows(opts: Options):
@@ -50,7 +50,7 @@ def build_trainer(method: str, model, tokenizer, train_dataset, opts: Options, c
                    gradient_accumulation_steps=opts.batch_prompts * opts.num_generations // opts.micro_batch,
                    num_generations=opts.num_generations, max_completion_length=opts.max_completion_length,
                    scale_rewards=opts.scale_rewards, reward_weights=opts.sampled_reward_weights)
-    if method in ("exact", "grpo_sampled"):
+    if method in DSO_METHODS:
         from dso_trl import DSOConfig, DSOTrainer
 
         if method == "exact":
@@ -96,7 +96,7 @@ def hyperparameters(method: str, trainer, opts: Options) -> dict[str, Any]:
            "prompts_per_step": opts.batch_prompts, "optimizer": str(getattr(args.optim, "value", args.optim)),
            "max_grad_norm": args.max_grad_norm, "scale_rewards": args.scale_rewards, "beta": args.beta,
            "parity_momentum": opts.parity_momentum, "reward_weights": [float(w) for w in trainer.reward_weights]}
-    if method in ("exact", "grpo_sampled"):
+    if method in DSO_METHODS:
         out.update(text_kl_coef=args.text_kl_coef, steering_use_shift=args.steering_use_shift)
     if method == "exact":
         out.update(estimator="exact", rows_per_step=opts.batch_prompts, non_answers=args.exact_non_answers)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from transformers import HfArgumentParser
 
 METHODS = ("exact", "grpo_sampled", "lora_grpo", "ln_tuning_grpo")
+DSO_METHODS = ("exact", "grpo_sampled")  # the methods that train a DSO steering (DSOTrainer)
 DESCRIPTIONS = {
     "exact": "DSOTrainer, estimator='exact' (expected reward over the options, one forward pass, no sampling)",
     "grpo_sampled": "DSOTrainer, estimator='sampled' (the paper's GRPO on sampled completions)",
@@ -212,9 +213,9 @@ def parse_per_method(flag: str, tokens: list[str], convert, methods=METHODS) -> 
 
 def parse_budgets(tokens: list[str]) -> tuple[float | None, dict[str, float]]:
     def seconds(value: str) -> float:
-        if not float(value) > 0:
+        if not (budget := float(value)) > 0:
             raise ValueError(f"--budget_s: budgets must be > 0 seconds, got {value!r}")
-        return float(value)
+        return budget
 
     return parse_per_method("--budget_s", tokens, seconds)
 
@@ -247,10 +248,9 @@ def resolve_options(args: BenchmarkArguments | argparse.Namespace) -> Options:
             raise ValueError(f"--{name} must be >= {2 if name == 'num_generations' else 1}, got {value[name]}")
     if not 0.0 <= args.parity_momentum < 1.0:
         raise ValueError(f"--parity_momentum must be in [0, 1), got {args.parity_momentum}")
-    dso_methods = ("exact", "grpo_sampled")
     shift_default, shift = parse_per_method("--steering_use_shift", args.steering_use_shift, parse_bool(
-        "--steering_use_shift"), dso_methods)
-    shift = {m: shift.get(m, True if shift_default is None else shift_default) for m in dso_methods}
+        "--steering_use_shift"), DSO_METHODS)
+    shift = {m: shift.get(m, True if shift_default is None else shift_default) for m in DSO_METHODS}
     scale_only = [m for m, use_shift in shift.items() if not use_shift]
     if scale_only and not set(scale_only) & set(args.methods):
         raise ValueError("--steering_use_shift applies to the DSO methods: false is set for "
